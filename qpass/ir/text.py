@@ -1,0 +1,420 @@
+"""Text form of the IR: a deterministic printer and a parser that reads it back exactly.
+
+    graph @main(%input: f32[1,3,224,224]) {
+      %w = const f32[32,3,3,3] blob<9f86d081884c7d65>
+      %b = const f32[2] [0.5, -1.25]
+      %conv = conv2d(%input, %w) {dilations=[1,1], groups=1, pads=[1,1,1,1], strides=[2,2]} : f32[1,32,112,112]
+      %q = quantize(%conv) : i8[1,32,112,112]{scale=0.0235, zp=-3}
+      return %q
+    }
+
+Floats print as the shortest text that reads back to the same bits (NaNs keep their sign but
+not their payload). Arrays of more than
+`INLINE_LIMIT` elements print as `blob<digest>`; `save`/`load` keep their data in an .npz
+beside the .qir. `#` starts a comment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Optional
+
+import numpy as np
+
+from qpass.errors import IRError, ParseError
+from qpass.ir.graph import Graph, Value, attrs_equal
+from qpass.ir.types import DTYPES, MissingData, QuantParams, TensorType, digest_of, is_float, numpy_dtype
+
+INLINE_LIMIT = 16
+
+
+# =========================================================================== printing
+class _Printer:
+    def __init__(self):
+        self.blobs: dict[str, np.ndarray] = {}
+
+    def scalar(self, x, floating: bool) -> str:
+        if not floating:
+            return str(int(x))
+        if np.isnan(x):                       # NaN keeps its sign; payload bits are not kept
+            return "-nan" if np.signbit(x) else "nan"
+        return str(x) if isinstance(x, np.floating) else repr(float(x))
+
+    def array(self, data, dtype: str) -> str:
+        if isinstance(data, MissingData):
+            return f"blob<{data.digest}>"
+        if data.size > INLINE_LIMIT:
+            digest = digest_of(data)
+            self.blobs[digest] = data
+            return f"blob<{digest}>"
+        floating = is_float(dtype)
+        return "[" + ", ".join(self.scalar(x, floating) for x in data.reshape(-1)) + "]"
+
+    def type(self, t: TensorType) -> str:
+        text = f"{t.dtype}[{','.join(map(str, t.shape))}]"
+        q = t.quant
+        if q is None:
+            return text
+        parts = []
+        if q.axis is not None:
+            parts.append(f"axis={q.axis}")
+        if q.bits is not None:
+            parts.append(f"bits={q.bits}")
+        if q.group_size is not None:
+            parts.append(f"group_size={q.group_size}")
+        if q.axis is None and not isinstance(q.scale, MissingData):
+            parts.append(f"scale={self.scalar(q.scale[()], True)}")
+            parts.append(f"zp={int(q.zero_point[()])}")
+        else:
+            parts.append(f"scale={self.array(q.scale, 'f32')}")
+            parts.append(f"zp={self.array(q.zero_point, 'i32')}")
+        return text + "{" + ", ".join(parts) + "}"
+
+    def attr(self, value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(self.attr(v) for v in value) + "]"
+        raise IRError(f"attribute value {value!r} of type {type(value).__name__} cannot be printed; "
+                      "attributes are bool, int, float, str or lists of them")
+
+    def graph(self, g: Graph) -> str:
+        args = ", ".join(f"%{v.name}: {self.type(v.type)}" for v in g.inputs)
+        lines = [f"graph @{g.name}({args}) {{"]
+        for v in g.constants():
+            lines.append(f"  %{v.name} = const {self.type(v.type)} {self.array(v.data, v.type.dtype)}")
+        for op in g.ops:
+            results = ", ".join(f"%{v.name}" for v in op.outputs)
+            operands = ", ".join(f"%{v.name}" for v in op.inputs)
+            attrs = ""
+            if op.attrs:
+                attrs = " {" + ", ".join(f"{k}={self.attr(op.attrs[k])}" for k in sorted(op.attrs)) + "}"
+            types = ", ".join(self.type(v.type) for v in op.outputs)
+            lines.append(f"  {results} = {op.kind}({operands}){attrs} : {types}")
+        lines.append("  return " + ", ".join(f"%{v.name}" for v in g.outputs))
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def print_graph(graph: Graph) -> str:
+    """The text form of `graph` (byte-for-byte deterministic)."""
+    return _Printer().graph(graph)
+
+
+def print_with_blobs(graph: Graph) -> tuple[str, dict[str, np.ndarray]]:
+    """The text form plus the arrays it references by digest (for an .npz beside it)."""
+    printer = _Printer()
+    return printer.graph(graph), printer.blobs
+
+
+def format_type(t: TensorType) -> str:
+    return _Printer().type(t)
+
+
+# =========================================================================== parsing
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+|\#[^\n]*)
+  | (?P<digest>(?<=blob<)[0-9a-f]+)
+  | (?P<value>%[A-Za-z0-9_.]+)
+  | (?P<global>@[A-Za-z0-9_.\-]+)
+  | (?P<number>[-+]?(?:inf|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![A-Za-z0-9_]))
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<punct>[()\[\]{}<>,:=])
+""", re.VERBOSE)
+
+
+class _Parser:
+    def __init__(self, text: str, blobs: Optional[dict], source: str):
+        self.text, self.blobs, self.source = text, blobs, source
+        self.tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if not m:
+                self.fail(f"unexpected character {text[pos]!r}", pos)
+            if m.lastgroup != "ws":
+                self.tokens.append((m.lastgroup, m.group(), pos))
+            pos = m.end()
+        self.tokens.append(("eof", "", len(text)))
+        self.i = 0
+
+    def fail(self, message: str, pos: Optional[int] = None):
+        if pos is None:
+            pos = self.tokens[self.i][2]
+        raise ParseError(message, self.text, pos, self.source)
+
+    def peek(self, value: Optional[str] = None) -> bool:
+        kind, text, _ = self.tokens[self.i]
+        return text == value if value is not None else kind != "eof"
+
+    def next(self, kind: Optional[str] = None, value: Optional[str] = None) -> str:
+        k, text, pos = self.tokens[self.i]
+        if (kind and k != kind) or (value is not None and text != value):
+            want = repr(value) if value is not None else {"value": "a %value name", "ident": "a name",
+                                                          "number": "a number", "global": "an @name",
+                                                          "string": "a string"}.get(kind, kind)
+            got = "end of input" if k == "eof" else repr(text)
+            self.fail(f"expected {want}, found {got}")
+        self.i += 1
+        return text
+
+    def accept(self, value: str) -> bool:
+        if self.tokens[self.i][1] == value and self.tokens[self.i][0] in ("punct", "ident"):
+            self.i += 1
+            return True
+        return False
+
+    def comma_list(self, close: str, item):
+        items = []
+        if self.accept(close):
+            return items
+        while True:
+            items.append(item())
+            if self.accept(close):
+                return items
+            self.next("punct", ",")
+
+    # --------------------------------------------------------------- pieces
+    def number(self, floating: bool):
+        pos = self.tokens[self.i][2]
+        text = self.next("number")
+        if floating:
+            return float(text)
+        if not re.fullmatch(r"[-+]?\d+", text):
+            self.fail(f"expected an integer, found {text!r}", pos)
+        return int(text)
+
+    def array(self, dtype: str, shape: tuple):
+        pos = self.tokens[self.i][2]
+        if self.accept("blob"):
+            self.next("punct", "<")
+            digest = self.next("digest")
+            self.next("punct", ">")
+            if self.blobs is None:
+                return MissingData(digest)
+            if digest not in self.blobs:
+                self.fail(f"blob<{digest}> is not in the constants file; was the .npz saved with this .qir?", pos)
+            data = np.asarray(self.blobs[digest])
+            if data.shape != tuple(shape) or data.dtype != numpy_dtype(dtype):
+                self.fail(f"blob<{digest}> holds {data.dtype}{list(data.shape)}, expected {dtype}{list(shape)}", pos)
+            return data
+        self.next("punct", "[")
+        floating = is_float(dtype)
+        items = self.comma_list("]", lambda: self.number(floating))
+        size = int(np.prod(shape, dtype=np.int64))
+        if len(items) != size:
+            self.fail(f"{len(items)} values given for {dtype}{list(shape)}, which holds {size}", pos)
+        if floating:
+            return np.array([np.array(x, dtype=numpy_dtype(dtype)) for x in items],
+                            dtype=numpy_dtype(dtype)).reshape(shape)
+        info = np.iinfo(numpy_dtype(dtype))
+        if any(not info.min <= x <= info.max for x in items):
+            self.fail(f"a value does not fit {dtype}", pos)
+        return np.array(items, dtype=numpy_dtype(dtype)).reshape(shape)
+
+    def type(self) -> TensorType:
+        pos = self.tokens[self.i][2]
+        dtype = self.next("ident")
+        if dtype not in DTYPES:
+            self.fail(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}", pos)
+        self.next("punct", "[")
+        shape = tuple(self.comma_list("]", lambda: self.number(False)))
+        if not self.peek("{"):
+            return TensorType(shape, dtype)
+        self.next("punct", "{")
+        fields: dict = {}
+
+        def field():
+            key_pos = self.tokens[self.i][2]
+            key = self.next("ident")
+            self.next("punct", "=")
+            if key in ("axis", "bits", "group_size"):
+                fields[key] = self.number(False)
+            elif key in ("scale", "zp"):
+                fields[key] = (self.i, None)
+                self._skip_array_or_number()
+            else:
+                self.fail(f"unknown quantization field {key!r}; fields are axis, bits, group_size, scale, zp",
+                          key_pos)
+        self.comma_list("}", field)
+        if "scale" not in fields or "zp" not in fields:
+            self.fail("a quantization annotation needs scale= and zp=", pos)
+        axis, group = fields.get("axis"), fields.get("group_size")
+        if axis is None:
+            qshape = ()
+        elif not -len(shape) <= axis < len(shape):
+            self.fail(f"axis {axis} is out of range for shape {list(shape)}", pos)
+        elif group is None:
+            qshape = (shape[axis],)
+        else:
+            qshape = tuple(-(-d // group) if i == axis % len(shape) else d for i, d in enumerate(shape))
+        end = self.i
+        arrays = {}
+        for key, dt in (("scale", "f32"), ("zp", "i32")):
+            self.i = fields[key][0]
+            if axis is None and self.tokens[self.i][0] == "number":
+                arrays[key] = np.array(self.number(dt == "f32"), dtype=numpy_dtype(dt))
+            else:
+                arrays[key] = self.array(dt, qshape)
+        self.i = end
+        try:
+            quant = QuantParams(arrays["scale"], arrays["zp"], axis, group, fields.get("bits"))
+        except IRError as e:
+            self.fail(str(e), pos)
+        return TensorType(shape, dtype, quant)
+
+    def _skip_array_or_number(self):
+        if self.accept("blob"):
+            self.next("punct", "<")
+            self.next("digest")
+            self.next("punct", ">")
+        elif self.accept("["):
+            self.comma_list("]", lambda: self.next("number"))
+        else:
+            self.next("number")
+
+    def attr(self):
+        kind, text, pos = self.tokens[self.i]
+        if kind == "number":
+            self.i += 1
+            return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+        if kind == "string":
+            self.i += 1
+            return json.loads(text)
+        if text in ("true", "false"):
+            self.i += 1
+            return text == "true"
+        if text == "[":
+            self.i += 1
+            return self.comma_list("]", self.attr)
+        self.fail(f"expected an attribute value (number, string, true/false or [list]), found {text!r}")
+
+    # --------------------------------------------------------------- graph
+    def graph(self) -> Graph:
+        self.next("ident", "graph")
+        g = Graph(self.next("global")[1:])
+        self.next("punct", "(")
+
+        def argument():
+            pos = self.tokens[self.i][2]
+            name = self.next("value")[1:]
+            self.next("punct", ":")
+            self.define(lambda: g.add_input(name, self.type()), pos)
+        self.comma_list(")", argument)
+        self.next("punct", "{")
+        while not self.peek("return"):
+            self.statement(g)
+        self.next("ident", "return")
+        outputs = [self.lookup(g)]
+        while self.accept(","):
+            outputs.append(self.lookup(g))
+        g.set_outputs(outputs)
+        self.next("punct", "}")
+        if self.peek():
+            self.fail("unexpected text after the end of the graph")
+        return g
+
+    def define(self, make, pos):
+        try:
+            return make()
+        except IRError as e:
+            self.fail(str(e), pos)
+
+    def lookup(self, g: Graph) -> Value:
+        pos = self.tokens[self.i][2]
+        name = self.next("value")[1:]
+        if not g.has_value(name):
+            self.fail(f"%{name} is used before it is defined", pos)
+        return g.value(name)
+
+    def statement(self, g: Graph):
+        pos = self.tokens[self.i][2]
+        names = [self.next("value")[1:]]
+        while self.accept(","):
+            names.append(self.next("value")[1:])
+        self.next("punct", "=")
+        kind_pos = self.tokens[self.i][2]
+        kind = self.next("ident")
+        if kind == "const":
+            if len(names) != 1:
+                self.fail("a const defines exactly one value", pos)
+            t = self.type()
+            data = self.array(t.dtype, t.shape)
+            self.define(lambda: g.add_constant_value(names[0], t, data), pos)
+            return
+        self.next("punct", "(")
+        operands = self.comma_list(")", lambda: self.lookup(g))
+        attrs = {}
+        if self.accept("{"):
+            def attribute():
+                key = self.next("ident")
+                self.next("punct", "=")
+                attrs[key] = self.attr()
+            self.comma_list("}", attribute)
+        self.next("punct", ":")
+        types = [self.type()]
+        while self.accept(","):
+            types.append(self.type())
+        if len(types) != len(names):
+            self.fail(f"{len(names)} results named but {len(types)} types given", pos)
+        for name in names:
+            if g.has_value(name):
+                self.fail(f"%{name} is defined twice", pos)
+        op = self.define(lambda: g.add_op(kind, operands, attrs, types=types, names=names), kind_pos)
+        if [v.name for v in op.outputs] != names:
+            self.fail(f"invalid result name among {', '.join('%' + n for n in names)}", pos)
+
+
+def parse_graph(text: str, blobs: Optional[dict] = None, source: str = "<text>") -> Graph:
+    """Read a graph printed by `print_graph`; `blobs` maps digests to the arrays of `blob<...>` refs."""
+    return _Parser(text, blobs, source).graph()
+
+
+# =========================================================================== equality / copy
+def _structure(g: Graph):
+    def t(v: Value):
+        return (v.name, v.type)
+    return (g.name, [t(v) for v in g.inputs], [v.name for v in g.outputs],
+            [(t(v), digest_of(v.data)) for v in g.constants()],
+            [(op.kind, [v.name for v in op.inputs], [t(v) for v in op.outputs]) for op in g.ops])
+
+
+def graphs_equal(a: Graph, b: Graph) -> bool:
+    """Structural equality: names, types with annotations, constants by content, ops and attributes."""
+    if _structure(a) != _structure(b):
+        return False
+    return all(attrs_equal(x.attrs, y.attrs) for x, y in zip(a.ops, b.ops))
+
+
+def clone(g: Graph) -> Graph:
+    out = Graph(g.name)
+    for v in g.inputs:
+        out.add_input(v.name, v.type)
+    for v in g.constants():
+        out.add_constant_value(v.name, v.type, v.data)
+    for op in g.ops:
+        new = out.add_op(op.kind, [out.value(v.name) for v in op.inputs], op.attrs,
+                         types=[v.type for v in op.outputs], names=[v.name for v in op.outputs])
+        new.meta = dict(op.meta)
+    out.set_outputs(out.value(v.name) for v in g.outputs)
+    return out
+
+
+def first_difference(a: Graph, b: Graph) -> Optional[str]:
+    """A short description of where two graphs' texts first differ (for test failures)."""
+    la, lb = print_graph(a).splitlines(), print_graph(b).splitlines()
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if x != y:
+            return f"line {i + 1}:\n- {x}\n+ {y}"
+    if len(la) != len(lb):
+        return f"line {min(len(la), len(lb)) + 1}: one graph is longer"
+    return None
