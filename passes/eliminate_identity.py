@@ -1,0 +1,30 @@
+"""eliminate-identity: remove ops that return their operand unchanged."""
+
+from qpass import Pass, PassResult, register_pass
+
+
+def _is_identity(op) -> bool:
+    (x,), (y,) = op.inputs[:1], op.outputs[:1]
+    if y.type != x.type:
+        return False
+    if op.kind == "identity":
+        return True
+    if op.kind == "transpose":
+        return list(op.attrs["perm"]) == list(range(x.type.rank))
+    return op.kind in ("reshape", "cast")
+
+
+@register_pass
+class EliminateIdentity(Pass):
+    """Drop identity ops, and reshapes, casts and transposes that leave their operand as it is."""
+
+    name = "eliminate-identity"
+
+    def run(self, graph, ctx):
+        changed = False
+        for op in graph.ops:
+            if op.inputs and len(op.outputs) == 1 and _is_identity(op):
+                graph.replace_all_uses(op.output, op.inputs[0])
+                graph.remove_op(op)
+                changed = True
+        return PassResult(graph, changed)

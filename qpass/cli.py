@@ -1,0 +1,218 @@
+"""The `qpass` command line: `show`, `passes`, `opt`, `demo` (more subcommands come with the backends).
+
+Every user error is one clear paragraph on stderr and a non-zero exit; tracebacks appear only
+with --debug. Output files are written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from qpass.errors import QpassError
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand: the decorated function adds arguments; it returns the runner."""
+    def wrap(configure):
+        def add(sub):
+            parser = sub.add_parser(name, help=help, description=help)
+            _common(parser)
+            return configure(parser)
+        COMMANDS[name] = (help, add, configure)
+        return configure
+    return wrap
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--load", action="append", default=[], metavar="MODULE",
+                        help="import a Python module or .py file first (to register your own passes)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """`name=1x3x224x224` -> ("name", (1, 3, 224, 224))."""
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+        if any(d <= 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise QpassError(f"--input-shape {text!r} is not of the form NAME=DxDxD with positive integers, "
+                         "e.g. --input-shape input=1x3x224x224") from None
+    return name, shape
+
+
+def load_plugin(spec: str) -> None:
+    """Import `spec`: a dotted module name or a path to a .py file."""
+    try:
+        if spec.endswith(".py") or "/" in spec:
+            path = Path(spec)
+            if not path.is_file():
+                raise QpassError(f"--load {spec}: no such file; give a module name or the path of a .py file")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except QpassError:
+        raise
+    except ImportError as e:
+        raise QpassError(f"--load {spec}: cannot import it ({e}); check the name and PYTHONPATH") from e
+    except Exception as e:
+        raise QpassError(f"--load {spec}: importing it failed with {type(e).__name__}: {e}") from e
+
+
+def load_model(path: str, input_shapes: Optional[list[str]] = None):
+    """Read an ONNX model or a .qir file into a verified graph."""
+    from qpass import import_onnx
+    from qpass.ir import load
+    p = Path(path)
+    if not p.exists():
+        raise QpassError(f"{path}: no such file; give an .onnx model or a .qir IR file")
+    shapes = dict(parse_shape_arg(s) for s in input_shapes or [])
+    if p.suffix == ".qir":
+        if shapes:
+            raise QpassError("--input-shape applies to ONNX models; a .qir file has static shapes already")
+        graph = load(p)
+    else:
+        graph = import_onnx(p, input_shapes=shapes or None)
+    graph.verify()
+    return graph
+
+
+@command("show", "print the IR of an ONNX model or .qir file")
+def _show(parser):
+    parser.add_argument("model", help="an .onnx model or a .qir file")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
+
+    def run(args):
+        sys.stdout.write(str(load_model(args.model, args.input_shape)))
+        return 0
+    return run
+
+
+@command("passes", "list the registered passes and their options")
+def _passes(parser):
+    def run(args):
+        from qpass.passes_base import REGISTRY, describe_type
+        for name in REGISTRY.names():
+            cls = REGISTRY.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            print(f"{name}\n    {doc[0] if doc else ''}")
+            for field, hint in cls.option_types().items():
+                f = next(f for f in cls.options() if f.name == field)
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                print(f"    {field.replace('_', '-')}: {describe_type(hint)} = {default}"
+                      f"{'  ' + f.metadata['doc'] if f.metadata.get('doc') else ''}")
+        return 0
+    return run
+
+
+@command("opt", "run a pass pipeline on an ONNX model or .qir file (like mlir-opt)")
+def _opt(parser):
+    parser.add_argument("model", help="an .onnx model or a .qir file")
+    parser.add_argument("--pipeline", "-p", required=True, help="passes, e.g. 'fold-constants,fold-batchnorm'")
+    parser.add_argument("-o", "--output", help="write the result here (.qir plus .npz of constants); "
+                        "default: print to stdout")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("--print-ir-after", metavar="NAMES", help="print the IR after these passes (comma list)")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write NN-<pass>.qir and .diff files after each change")
+    parser.add_argument("--timing", action="store_true", help="print a table of time per pass")
+    parser.add_argument("--no-verify-each", action="store_true", help="skip verifying the IR after every pass")
+
+    def run(args):
+        from qpass import PassContext, run_passes
+        from qpass.instruments import DumpIR, PrintAfter, Timing
+        from qpass.ir import save
+        from qpass.pipeline import parse_pipeline
+        passes = parse_pipeline(args.pipeline)          # bad names fail before any work
+        if args.output:
+            _check_writable_file(args.output)
+        graph = load_model(args.model, args.input_shape)
+        instruments = []
+        if args.print_ir_after_all or args.print_ir_after:
+            names = None if args.print_ir_after_all else {n.strip() for n in args.print_ir_after.split(",")}
+            instruments.append(PrintAfter(names))
+        if args.dump_ir:
+            instruments.append(DumpIR(args.dump_ir))
+        timing = Timing() if args.timing else None
+        if timing:
+            instruments.append(timing)
+        with PassContext(instruments, verify_each=not args.no_verify_each) as ctx:
+            graph = run_passes(graph, passes, ctx)
+        graph.verify()
+        if timing:
+            print(timing.report(), file=sys.stderr)
+        if args.output:
+            save(graph, args.output)
+        else:
+            sys.stdout.write(str(graph))
+        return 0
+    return run
+
+
+@command("demo", "import, print and run the bundled digits model on its held-out test set")
+def _demo(parser):
+    parser.add_argument("--quiet", action="store_true", help="do not print the IR")
+
+    def run(args):
+        from qpass.demo import run_demo
+        return run_demo(print_ir=not args.quiet)
+    return run
+
+
+def _check_writable_file(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise QpassError(f"cannot write {path}: the directory {parent} does not exist")
+    import os
+    if not os.access(parent, os.W_OK):
+        raise QpassError(f"cannot write {path}: the directory {parent} is not writable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpass", description="quantize and compile neural networks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    runners = {}
+    for name, (_, add, _) in COMMANDS.items():
+        runners[name] = add(sub)
+    parser.set_defaults(_runners=runners)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for spec in args.load:
+            load_plugin(spec)
+        return args._runners[args.command](args) or 0
+    except QpassError as e:
+        if args.debug:
+            raise
+        print(f"qpass {args.command}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1) or 1
+    except KeyboardInterrupt:
+        print("qpass: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"qpass {args.command}: internal error: {type(e).__name__}: {e}\n"
+              "This is a bug in qpass; run again with --debug for the traceback and report it.", file=sys.stderr)
+        return 2

@@ -1,0 +1,77 @@
+"""Running pipelines: `PassContext` holds settings, instruments and analysis results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional, Sequence, Union
+
+from qpass.errors import PassError, QpassError
+from qpass.instruments import Instrument, VerifyEach
+from qpass.ir.graph import Graph
+from qpass.passes_base import Pass, PassResult
+from qpass.pipeline import format_pass, parse_pipeline
+
+_local = threading.local()
+
+
+class PassContext:
+    """Settings for a pipeline run, used as `with PassContext(...) as ctx:`.
+
+    `analyses` is where analysis passes leave their results (e.g. calibrated ranges) for later
+    passes; `options` holds free-form settings shared by passes (e.g. calibration data).
+    """
+
+    def __init__(self, instruments: Sequence[Instrument] = (), verify_each: bool = False,
+                 options: Optional[dict] = None):
+        self.instruments = list(instruments)
+        if verify_each and not any(isinstance(i, VerifyEach) for i in self.instruments):
+            self.instruments.append(VerifyEach())
+        self.analyses: dict = {}
+        self.options: dict = dict(options or {})
+
+    def __enter__(self) -> "PassContext":
+        stack = getattr(_local, "stack", [])
+        stack.append(self)
+        _local.stack = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.stack.pop()
+
+    @staticmethod
+    def current() -> "PassContext":
+        stack = getattr(_local, "stack", [])
+        return stack[-1] if stack else PassContext()
+
+
+def run_passes(graph: Graph, pipeline: Union[str, Sequence[Pass]],
+               ctx: Optional[PassContext] = None) -> Graph:
+    """Run `pipeline` (a string or pass instances) on `graph`; returns the resulting graph."""
+    passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    ctx = ctx or PassContext.current()
+    for inst in ctx.instruments:
+        inst.run_before_pipeline(graph, passes)
+    for index, p in enumerate(passes, start=1):
+        for inst in ctx.instruments:
+            inst.run_before_pass(index, p, graph)
+        start = time.perf_counter()
+        try:
+            result = p.run(graph, ctx)
+        except QpassError as e:
+            done = ", ".join(format_pass(q) for q in passes[:index - 1]) or "nothing"
+            raise PassError(f"pass '{format_pass(p)}' (step {index} of {len(passes)}, after {done}) failed: {e}") from e
+        except Exception as e:
+            raise PassError(f"internal error in pass '{format_pass(p)}' (step {index} of {len(passes)}): "
+                            f"{type(e).__name__}: {e}. This is a bug in the pass; run with --debug for "
+                            "the traceback.") from e
+        seconds = time.perf_counter() - start
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass '{p.name}' returned {type(result).__name__}; it must return "
+                            "PassResult(graph, changed)")
+        graph = result.graph
+        for inst in ctx.instruments:
+            inst.run_after_pass(index, p, graph, result.changed, seconds)
+    for inst in ctx.instruments:
+        inst.run_after_pipeline(graph)
+    return graph

@@ -1,0 +1,1 @@
+"""Backends, one package per target family (installed as `qpass.targets`)."""
