@@ -139,6 +139,7 @@ class PassRegistry:
         self._discovered = False
 
     def register(self, cls: type[Pass]) -> type[Pass]:
+        self.discover()   # built-ins first, so a clash always blames the newcomer
         name = getattr(cls, "name", "")
         if not isinstance(name, str) or not _KEBAB.match(name):
             raise PassError(f"pass class {cls.__qualname__} needs a kebab-case `name` such as 'fold-constants', "
