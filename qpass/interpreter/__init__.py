@@ -30,7 +30,7 @@ def kernel(kind: str):
 
 
 def _load_kernels():
-    from qpass.interpreter import float_kernels  # noqa: F401  (registers on import)
+    from qpass.interpreter import float_kernels, integer_kernels  # noqa: F401  (register on import)
 
 
 def run_op(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -58,19 +58,30 @@ def run_op(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
 class _DetachedOp:
     """A stand-in op for evaluating a kind on arrays outside any graph (constant folding)."""
 
-    def __init__(self, kind: str, attrs: dict, outputs: list[Value]):
-        self.kind, self.attrs, self.outputs, self.inputs = kind, attrs, outputs, []
+    def __init__(self, kind: str, attrs: dict, inputs: list[Value], outputs: list[Value]):
+        self.kind, self.attrs, self.inputs, self.outputs = kind, attrs, inputs, outputs
         self.name = outputs[0].name if outputs else kind
 
 
 def evaluate(kind: str, arrays: list[np.ndarray], attrs: Optional[dict] = None,
-             types: Optional[list[TensorType]] = None) -> list[np.ndarray]:
-    """Evaluate op `kind` on arrays without a graph; result types inferred unless given."""
+             types: Optional[list[TensorType]] = None,
+             input_types: Optional[list[TensorType]] = None) -> list[np.ndarray]:
+    """Evaluate op `kind` on arrays without a graph; result types inferred unless given.
+
+    `input_types` annotates the operands (dequantize reads its scale from the operand's
+    quantization); without it each operand's type is that of its array.
+    """
     from qpass.ir.ops import infer_types
     attrs = dict(attrs or {})
+    arrays = [np.asarray(a) for a in arrays]
+    if input_types is None:
+        input_types = [TensorType.of(a) for a in arrays]
+    elif len(input_types) != len(arrays):
+        raise InterpreterError(f"evaluate {kind}: {len(input_types)} input types for {len(arrays)} arrays")
     if types is None:
-        types = infer_types(kind, [TensorType.of(a) for a in arrays], attrs)
-    op = _DetachedOp(kind, attrs, [Value(f"{kind}_{i}", t) for i, t in enumerate(types)])
+        types = infer_types(kind, input_types, attrs)
+    inputs = [Value(f"{kind}_operand{i}", t) for i, t in enumerate(input_types)]
+    op = _DetachedOp(kind, attrs, inputs, [Value(f"{kind}_{i}", t) for i, t in enumerate(types)])
     return run_op(op, arrays)  # type: ignore[arg-type]
 
 

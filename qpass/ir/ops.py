@@ -198,10 +198,17 @@ register_op("dense", _dense, inputs=(2, 3), doc="x @ weight.T + bias; weight [ou
 
 def _matmul(types, attrs):
     a, b = types
-    try:
-        shape = np.matmul(np.empty(a.shape, np.int8), np.empty(b.shape, np.int8)).shape
-    except ValueError:
+    if a.rank == 0 or b.rank == 0:
+        _fail("matmul operands must have rank >= 1")
+    sa = (1,) + a.shape if a.rank == 1 else a.shape
+    sb = b.shape + (1,) if b.rank == 1 else b.shape
+    if sa[-1] != sb[-2]:
         _fail(f"matmul: shapes {list(a.shape)} and {list(b.shape)} do not multiply")
+    try:
+        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        _fail(f"matmul: batch dimensions of {list(a.shape)} and {list(b.shape)} do not broadcast")
+    shape = (*batch, *(sa[-2:-1] if a.rank > 1 else ()), *(sb[-1:] if b.rank > 1 else ()))
     return [TensorType(shape, _same_dtype("matmul", types))]
 
 
@@ -330,6 +337,8 @@ register_op("split", _split, attrs=("axis", "sizes"))
 def _slice(types, attrs):
     x = types[0]
     shape = list(x.shape)
+    if len({len(attrs[k]) for k in ("starts", "ends", "axes", "steps")}) != 1:
+        _fail("slice: starts, ends, axes and steps must have one entry per sliced axis")
     for start, end, axis, step in zip(attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"]):
         _axis("slice", axis, x.rank)
         shape[axis] = len(range(*slice(start, end, step).indices(x.shape[axis])))
@@ -369,6 +378,15 @@ def _resize(types, attrs):
         _fail(f"resize: sizes {sizes} must give every dimension of rank {x.rank}")
     if attrs["mode"] not in ("nearest", "linear"):
         _fail(f"resize: mode {attrs['mode']!r} is not supported; use nearest or linear")
+    coordinates = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        _fail(f"resize: coordinate_transformation_mode {coordinates!r} is not supported; use half_pixel, "
+              "pytorch_half_pixel, align_corners or asymmetric")
+    rounding = attrs.get("nearest_mode", "round_prefer_floor")
+    if rounding not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        _fail(f"resize: nearest_mode {rounding!r} is not one of round_prefer_floor, round_prefer_ceil, floor, ceil")
+    if "scales" in attrs and len(attrs["scales"]) != x.rank:
+        _fail(f"resize: scales {attrs['scales']} must give every dimension of rank {x.rank}")
     return [TensorType(sizes, x.dtype)]
 
 
