@@ -2,6 +2,7 @@
 
 from qpass.ir.graph import Graph, Op, Value
 from qpass.ir.ops import OPS, OpDef, infer_types, op_def, register_op
+from qpass.ir import int_ops  # noqa: F401  (registers the integer ops)
 from qpass.ir.text import parse_graph, print_graph
 from qpass.ir.types import DTYPES, MissingData, QuantParams, TensorType, dtype_range, is_float, numpy_dtype
 from qpass.ir.serialize import load, save
