@@ -256,15 +256,33 @@ class Graph:
         self._nx.add_edge(value, op)
         self._order_cache = None
 
-    def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Every op (and graph output) that reads `old` reads `new` instead."""
+    def replace_all_uses(self, old: Value, new: Value, exclude: Optional[Op] = None) -> None:
+        """Every op (but `exclude`) and graph output that reads `old` reads `new` instead."""
         if old is new:
             return
         for op in list(self._nx.successors(old)):
+            if op is exclude:
+                continue
             for i, v in enumerate(op.inputs):
                 if v is old:
                     self.set_input(op, i, new)
         self.outputs = [new if v is old else v for v in self.outputs]
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give `value` a new, unused name (rewrites use it to keep the names users know)."""
+        if self._values.get(value.name) is not value:
+            raise IRError(f"%{value.name} does not belong to this graph")
+        if name == value.name:
+            return
+        if not _NAME_RE.match(name) or name in self._values:
+            raise IRError(f"cannot rename %{value.name} to %{name}: the name is invalid or taken")
+        del self._values[value.name]
+        producer = self._producer.pop(value.name, None)
+        value.name = name
+        self._values[name] = value
+        if producer is not None:
+            self._producer[name] = producer
+        self._order_cache = None
 
     def remove_op(self, op: Op) -> None:
         """Remove an op whose results are unused."""

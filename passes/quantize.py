@@ -1,0 +1,92 @@
+"""quantize: write the fake-quant (quantize -> dequantize) form of a float graph from calibrated ranges."""
+
+from fnmatch import fnmatch
+from typing import Literal
+
+from qpass import Pass, PassResult, option, register_pass
+from qpass.errors import PassError
+from qpass.ir.types import TensorType, is_float
+from qpass.quant.params import activation_params, weight_params
+
+WEIGHTED = {"conv2d": 0, "dense": 0}          # op kind -> output-channel axis of its weight
+FUSED_ACTIVATIONS = {"relu", "clip"}           # quantized after, not before, when they follow a producer
+FUSING_PRODUCERS = {"conv2d", "dense", "add"}
+# Ops that move values without changing them: their result reuses the operand's parameters,
+# so the fake-quant pair around them cancels after folding.
+SAME_PARAMS = {"reshape", "transpose", "max_pool2d", "slice", "identity"}
+
+
+def insert_fake_quant(graph, value, params, dtype):
+    """quantize -> dequantize after `value`; every other reader of `value` reads the dequantized copy.
+
+    A graph output keeps its name: the dequantized copy takes it, the float original becomes `.float`.
+    """
+    users = graph.users(value)
+    anchor = users[0] if users else None
+    name = value.name
+    if graph.is_output(value):
+        graph.rename(value, graph.fresh_name(name + ".float"))
+    q = graph.add_op("quantize", [value], types=[TensorType(value.type.shape, dtype, params)],
+                     names=[name + ".q"], before=anchor)
+    dq = graph.add_op("dequantize", [q.output], names=[name if graph.is_output(value) else name + ".dq"],
+                      before=anchor)
+    graph.replace_all_uses(value, dq.output, exclude=q)
+    return q, dq
+
+
+@register_pass
+class Quantize(Pass):
+    """Insert fake-quant pairs on activations (from ctx.analyses["ranges"], see range-analysis) and
+    on the weights of conv2d/dense. Activations that a ReLU/Clip follows are quantized after it."""
+
+    name = "quantize"
+    weights: Literal["per-channel", "per-tensor", "per-group"] = option("per-channel", "weight granularity")
+    group_size: int = option(32, "for weights=per-group: input channels per group")
+    weight_bits: int = option(8, "weight bits (4 or 8)")
+    activations: Literal["asymmetric", "symmetric"] = option("asymmetric", "activation scheme")
+    activation_dtype: Literal["i8", "u8"] = option("i8", "activation storage type")
+    keep_float: list[str] = option([], "op name patterns (fnmatch) whose weights stay float")
+
+    def run(self, graph, ctx):
+        ranges = ctx.analyses.get("ranges")
+        if ranges is None:
+            raise PassError("quantize needs activation ranges: run range-analysis before it in the pipeline")
+        weight_dtype = "i4" if self.weight_bits <= 4 else "i8"
+        changed = False
+        for op in graph.ops:
+            axis = WEIGHTED.get(op.kind)
+            if axis is None or any(fnmatch(op.name, p) for p in self.keep_float):
+                continue
+            weight = op.inputs[1]
+            if not weight.is_constant or not is_float(weight.type.dtype):
+                continue
+            granularity = self.weights if (self.weights != "per-group" or op.kind == "dense") else "per-channel"
+            params = weight_params(weight.data, weight_dtype, granularity,
+                                   axis=1 if granularity == "per-group" else axis, group_size=self.group_size,
+                                   bits=self.weight_bits if self.weight_bits not in (4, 8) else None)
+            q = graph.add_op("quantize", [weight], types=[TensorType(weight.type.shape, weight_dtype, params)],
+                             names=[weight.name + ".q"], before=op)
+            dq = graph.add_op("dequantize", [q.output], names=[weight.name + ".dq"], before=op)
+            graph.set_input(op, 1, dq.output)
+            changed = True
+        symmetric = self.activations == "symmetric"
+        activations = [v for v in graph.inputs] + [v for op in graph.ops for v in op.outputs]
+        for value in activations:
+            if not is_float(value.type.dtype) or value.name not in ranges:
+                continue
+            producer = graph.producer(value)
+            if producer is not None and producer.kind in ("quantize", "dequantize"):
+                continue
+            users = graph.users(value)
+            if producer is not None and producer.kind in FUSING_PRODUCERS and len(users) == 1 \
+                    and users[0].kind in FUSED_ACTIVATIONS and not graph.is_output(value):
+                continue
+            params = None
+            if producer is not None and producer.kind in SAME_PARAMS:
+                source = graph.producer(producer.inputs[0])
+                if source is not None and source.kind == "dequantize":
+                    params = source.inputs[0].type.quant
+            params = params or activation_params(*ranges[value.name], self.activation_dtype, symmetric)
+            insert_fake_quant(graph, value, params, self.activation_dtype)
+            changed = True
+        return PassResult(graph, changed)

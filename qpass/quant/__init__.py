@@ -1,0 +1,1 @@
+"""Quantization support shared by the built-in passes: observers, parameter choice, calibration data."""

@@ -1,0 +1,195 @@
+"""Range observers for calibration: each sees a stream of activation arrays and proposes a range.
+
+Memory stays bounded: observers keep running statistics or a fixed-size histogram, never the
+activations. Histograms cover [min, max] seen so far and are re-binned when the range grows.
+
+- `minmax`: the extremes seen.
+- `moving-average`: exponential moving average of each batch's min and max.
+- `percentile`: the range holding the central `percentile` % of values.
+- `mse`: the clipping range minimizing the expected quantization + clipping error.
+- `entropy`: TensorRT's KL-divergence calibration (symmetric, on |x|).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BINS = 2048
+
+
+class Observer:
+    """Base: `observe(array)` per batch, then `range(bits, symmetric)` -> (lo, hi)."""
+
+    def __init__(self):
+        self.lo, self.hi = np.inf, -np.inf
+        self.count = 0
+
+    def observe(self, array: np.ndarray) -> None:
+        array = np.asarray(array, np.float32)
+        finite = array[np.isfinite(array)] if not np.all(np.isfinite(array)) else array
+        if finite.size == 0:
+            return
+        self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
+        self.count += finite.size
+        self._update(finite)
+
+    def _update(self, array: np.ndarray) -> None:
+        pass
+
+    @property
+    def seen(self) -> bool:
+        return self.count > 0
+
+    def range(self, bits: int = 8, symmetric: bool = False) -> tuple[float, float]:
+        return self.lo, self.hi
+
+
+class MinMax(Observer):
+    pass
+
+
+class MovingAverage(Observer):
+    def __init__(self, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.avg: tuple[float, float] | None = None
+
+    def _update(self, array):
+        lo, hi = float(array.min()), float(array.max())
+        if self.avg is None:
+            self.avg = (lo, hi)
+        else:
+            m = self.momentum
+            self.avg = (m * self.avg[0] + (1 - m) * lo, m * self.avg[1] + (1 - m) * hi)
+
+    def range(self, bits=8, symmetric=False):
+        return self.avg if self.avg is not None else (self.lo, self.hi)
+
+
+class Histogram(Observer):
+    """A streaming histogram over [lo, hi], re-binned when the range widens."""
+
+    def __init__(self, bins: int = BINS):
+        super().__init__()
+        self.bins = bins
+        self.hist = np.zeros(bins, np.float64)
+        self.edges: tuple[float, float] | None = None
+
+    def _update(self, array):
+        lo, hi = float(array.min()), float(array.max())
+        if self.edges is None:
+            self.edges = (lo, hi if hi > lo else lo + 1e-8)
+        elif lo < self.edges[0] or hi > self.edges[1]:
+            self._rebin(min(lo, self.edges[0]), max(hi, self.edges[1]))
+        counts, _ = np.histogram(array, bins=self.bins, range=self.edges)
+        self.hist += counts
+
+    def _rebin(self, lo: float, hi: float) -> None:
+        old_lo, old_hi = self.edges
+        centers = old_lo + (np.arange(self.bins) + 0.5) * (old_hi - old_lo) / self.bins
+        self.hist, _ = np.histogram(centers, bins=self.bins, range=(lo, hi), weights=self.hist)
+        self.edges = (lo, hi)
+
+    def centers(self) -> np.ndarray:
+        lo, hi = self.edges
+        return lo + (np.arange(self.bins) + 0.5) * (hi - lo) / self.bins
+
+    def quantile(self, q: float) -> float:
+        cdf = np.cumsum(self.hist)
+        index = int(np.searchsorted(cdf, q * cdf[-1]))
+        lo, hi = self.edges
+        return lo + min(index + 1, self.bins) * (hi - lo) / self.bins if q > 0.5 else lo + index * (hi - lo) / self.bins
+
+
+class Percentile(Histogram):
+    def __init__(self, percentile: float = 99.99):
+        super().__init__()
+        self.percentile = percentile
+
+    def range(self, bits=8, symmetric=False):
+        if self.edges is None:
+            return self.lo, self.hi
+        tail = (100.0 - self.percentile) / 100.0
+        lo = max(self.lo, self.quantile(tail / 2)) if self.lo < 0 else self.lo
+        hi = min(self.hi, self.quantile(1 - tail / 2 if self.lo < 0 else 1 - tail))
+        return lo, hi
+
+
+def quantization_error(hist: np.ndarray, centers: np.ndarray, lo: float, hi: float, levels: int) -> float:
+    """Expected squared error of quantizing values distributed as `hist` onto `levels` steps in [lo, hi]."""
+    step = (hi - lo) / (levels - 1)
+    q = np.clip(np.round((centers - lo) / step), 0, levels - 1) * step + lo
+    return float(np.dot(hist, (centers - q) ** 2))
+
+
+class MSE(Histogram):
+    """Search clipping ranges shrunk from [min, max] for the least mean squared quantization error."""
+
+    def range(self, bits=8, symmetric=False):
+        if self.edges is None:
+            return self.lo, self.hi
+        centers, levels = self.centers(), (1 << bits) - 1
+        best, best_err = (self.lo, self.hi), np.inf
+        bound = max(abs(self.lo), abs(self.hi))
+        for fraction in np.linspace(0.2, 1.0, 81):
+            if symmetric:
+                lo, hi = -bound * fraction, bound * fraction
+            else:
+                lo, hi = min(self.lo * fraction, 0.0), max(self.hi * fraction, 0.0)
+            if hi <= lo:
+                continue
+            err = quantization_error(self.hist, centers, lo, hi, levels + 1)
+            if err < best_err:
+                best, best_err = (lo, hi), err
+        return best
+
+
+class Entropy(Histogram):
+    """TensorRT-style: choose |x| threshold minimizing KL(P || Q) with Q quantized to 2^(bits-1) bins."""
+
+    def range(self, bits=8, symmetric=False):
+        if self.edges is None:
+            return self.lo, self.hi
+        bound = max(abs(self.lo), abs(self.hi))
+        magnitude, _ = np.histogram(np.abs(self.centers()), bins=self.bins, range=(0, bound), weights=self.hist)
+        threshold = kl_threshold(magnitude, bound, 1 << (bits - 1))
+        if self.lo >= 0:                                # one-sided (e.g. after ReLU)
+            return self.lo, min(threshold, self.hi)
+        return -threshold, threshold
+
+
+def kl_threshold(hist: np.ndarray, bound: float, levels: int) -> float:
+    """The |x| clipping threshold whose `levels`-bin quantized distribution is closest in KL divergence.
+
+    For each candidate threshold (bin i), P is the histogram clipped at i with the outlier mass
+    folded into its last bin, and Q is the unclipped slice merged into `levels` bins and spread
+    back over its nonzero bins (TensorRT's calibration).
+    """
+    bins = len(hist)
+    if hist.sum() == 0:
+        return bound
+    hist = hist.astype(np.float64)
+    tails = np.cumsum(hist[::-1])[::-1]                 # tails[i] = mass at and beyond bin i
+    best_i, best_kl = bins, np.inf
+    for i in range(levels, bins + 1, max(1, bins // 512)):
+        sliced = hist[:i]
+        p = sliced.copy()
+        if i < bins:
+            p[-1] += tails[i]
+        nonzero = sliced > 0
+        edges = np.linspace(0, i, levels + 1).astype(np.int64)
+        sums = np.add.reduceat(sliced, edges[:-1])
+        counts = np.add.reduceat(nonzero.astype(np.float64), edges[:-1])
+        q = np.repeat(np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), np.diff(edges)) * nonzero
+        if q.sum() == 0:
+            continue
+        p, q = p / p.sum(), q / q.sum()
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return bound * best_i / bins
+
+
+OBSERVERS = {"minmax": MinMax, "moving-average": MovingAverage, "percentile": Percentile, "mse": MSE,
+             "entropy": Entropy}

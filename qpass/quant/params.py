@@ -1,0 +1,70 @@
+"""Choosing quantization parameters from ranges (activations) and from data (weights)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from qpass.ir.types import QuantParams, dtype_range
+
+TINY = np.float32(1e-12)
+
+
+def activation_params(lo: float, hi: float, dtype: str = "i8", symmetric: bool = False,
+                      bits: Optional[int] = None) -> QuantParams:
+    """Per-tensor parameters covering [lo, hi] (widened to include 0, so real zero is exact).
+
+    A range of zero width (a constant tensor) gets scale 1 and the zero point at its value's
+    place: a documented fallback that represents the constant exactly when it is an integer,
+    and 0 always.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmin, qmax = dtype_range(dtype, bits)
+    if symmetric:
+        bound = max(-lo, hi)
+        scale = np.float32(bound / ((qmax - qmin) / 2)) if bound > 0 else np.float32(1.0)
+        zp = 0 if qmin < 0 else (qmin + qmax + 1) // 2
+    else:
+        scale = np.float32((hi - lo) / (qmax - qmin)) if hi > lo else np.float32(1.0)
+        zp = int(np.clip(np.rint(qmin - lo / float(scale)), qmin, qmax))
+    return QuantParams(np.maximum(scale, TINY), np.int32(zp), bits=bits)
+
+
+def weight_params(w: np.ndarray, dtype: str = "i8", granularity: str = "per-channel", axis: int = 0,
+                  group_size: Optional[int] = None, bits: Optional[int] = None) -> QuantParams:
+    """Symmetric weight parameters (zero point 0) using the narrow range [-qmax, qmax]."""
+    _, qmax = dtype_range(dtype, bits)
+    w = np.asarray(w, np.float64)
+    if granularity == "per-tensor":
+        scale = np.float32(np.abs(w).max(initial=0.0) / qmax)
+        return QuantParams(np.maximum(scale, TINY), np.int32(0), bits=bits)
+    moved = np.moveaxis(w, axis, 0)
+    if granularity == "per-channel":
+        bound = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1, initial=0.0)
+        scale = np.maximum((bound / qmax).astype(np.float32), TINY)
+        return QuantParams(scale, np.zeros_like(scale, np.int32), axis=axis, bits=bits)
+    if granularity == "per-group":
+        # groups run along `axis` (e.g. the input features of a dense weight)
+        size = group_size or 32
+        n = moved.shape[0]
+        padded = np.pad(moved, [(0, -n % size)] + [(0, 0)] * (moved.ndim - 1))
+        blocks = padded.reshape(-1, size, *moved.shape[1:])
+        bound = np.abs(blocks).max(axis=1)                        # (groups, *rest)
+        scale = np.maximum((bound / qmax).astype(np.float32), TINY)
+        scale = np.moveaxis(scale, 0, axis)
+        return QuantParams(scale, np.zeros_like(scale, np.int32), axis=axis, group_size=size, bits=bits)
+    raise ValueError(f"unknown granularity {granularity!r}; use per-tensor, per-channel or per-group")
+
+
+def quantize_array(x: np.ndarray, params: QuantParams, dtype: str) -> np.ndarray:
+    """ONNX QuantizeLinear of `x` with `params` (float32 division, round half to even, clamp)."""
+    scale, zp = params.broadcast(x.shape)
+    qmin, qmax = dtype_range(dtype, params.bits)
+    q = np.rint(np.asarray(x, np.float32) / scale) + zp
+    return np.clip(q, qmin, qmax).astype(np.int64)
+
+
+def dequantize_array(q: np.ndarray, params: QuantParams) -> np.ndarray:
+    scale, zp = params.broadcast(q.shape)
+    return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
