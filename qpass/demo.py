@@ -13,7 +13,7 @@ from importlib import resources
 
 import numpy as np
 
-CANONICALIZE = "fold-constants,fold-batchnorm,eliminate-identity,eliminate-dead-code"
+from qpass.api import CANONICALIZE
 
 
 def bundled_model_path():

@@ -1,0 +1,125 @@
+"""How often does a quantized MobileNetV2 keep the float model's answer?
+
+Calibrates on seeded random crops of ../shared/data/photos and evaluates on other seeded crops
+and flips of the same photos (a different seed, never the calibration crops). Reports, against
+the FP32 logits: top-1 agreement, agreement on crops where FP32's softmax top-1 >= 0.5, FP32
+top-1 inside the quantized top-5, and logit SQNR (10 log10 sum ref^2 / sum (ref - q)^2).
+
+    python scripts/eval_agreement.py [--calib 64] [--eval 220] [--method percentile] [--bits 8 mixed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qpass
+from qpass.images import load_images, random_crops
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def metrics(reference: np.ndarray, quantized: np.ndarray) -> dict:
+    """Agreement figures of quantized logits against reference logits ([N, classes] each)."""
+    top1_ref, top1_q = reference.argmax(1), quantized.argmax(1)
+    probs = np.exp(reference - reference.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    confident = probs.max(1) >= 0.5
+    top5 = np.argsort(-quantized, axis=1)[:, :5]
+    noise = np.sum((reference - quantized) ** 2)
+    return {
+        "top1_agreement": float(np.mean(top1_ref == top1_q)),
+        "confident_agreement": float(np.mean((top1_ref == top1_q)[confident])) if confident.any() else None,
+        "confident_crops": int(confident.sum()),
+        "ref_top1_in_top5": float(np.mean([r in t for r, t in zip(top1_ref, top5)])),
+        "sqnr_db": float(10 * np.log10(np.sum(reference ** 2) / noise)) if noise > 0 else float("inf"),
+    }
+
+
+def run(graph, crops) -> np.ndarray:
+    name = graph.inputs[0].name
+    return np.concatenate([next(iter(qpass.interpret(graph, {name: c}).values())) for c in crops])
+
+
+def weight_bytes(graph) -> int:
+    """Bytes of the conv/dense weights as deployed (int4 packed two per byte)."""
+    total = 0
+    for op in graph.ops:
+        if op.kind in ("conv2d", "dense", "qconv2d", "qdense") and op.inputs[1].is_constant:
+            t = op.inputs[1].type
+            bits = {"f32": 32, "f16": 16, "i4": 4, "u4": 4}.get(t.dtype, 8)
+            total += (t.size * bits + 7) // 8
+    return total
+
+
+def ort_static_int8(model: Path, calib) -> "callable":
+    """onnxruntime's own static int8 (QDQ, per-channel, MinMax), for orientation."""
+    import tempfile
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    ort.set_default_logger_severity(3)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": c} for c in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = Path(tempfile.mkdtemp()) / "mobilenet_v2.qdq.onnx"
+    quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return out, lambda crops: np.concatenate([session.run(None, {"input": c})[0] for c in crops])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHARED / "models" / "mobilenet_v2.onnx"))
+    parser.add_argument("--photos", default=str(SHARED / "data" / "photos"))
+    parser.add_argument("--calib", type=int, default=64, help="calibration crops (seed 0)")
+    parser.add_argument("--eval", type=int, default=220, help="evaluation crops (seed 1)")
+    parser.add_argument("--method", default="percentile")
+    parser.add_argument("--bits", nargs="+", default=["8", "mixed"])
+    parser.add_argument("--budget", type=float, default=0.6)
+    parser.add_argument("--ort", action="store_true", help="also measure onnxruntime's static int8")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    if not Path(args.model).exists():
+        print(f"eval_agreement: {args.model} is missing (it lives in ../shared/models)", file=sys.stderr)
+        return 2
+    images = load_images(args.photos)
+    calib = random_crops(images, args.calib, seed=0)
+    evals = random_crops(images, args.eval, seed=1)
+    graph = qpass.import_onnx(args.model)
+    reference = run(graph, evals)
+    results = {"model": Path(args.model).name, "calibration_crops": args.calib, "eval_crops": args.eval,
+               "method": args.method, "float_weight_bytes": weight_bytes(graph), "runs": {}}
+    for bits in args.bits:
+        bits = int(bits) if bits.isdigit() else bits
+        start = time.perf_counter()
+        q = qpass.quantize(graph, [{"input": c} for c in calib], bits=bits, method=args.method, budget=args.budget,
+                           quiet=True)
+        seconds = time.perf_counter() - start
+        figures = metrics(reference, run(q, evals))
+        figures.update(quantize_seconds=round(seconds, 1), weight_bytes=weight_bytes(q))
+        results["runs"][f"qpass W{bits}A8"] = figures
+        print(f"qpass W{bits}A8: {json.dumps(figures)}", flush=True)
+    if args.ort:
+        _, ort_run = ort_static_int8(Path(args.model), calib)
+        figures = metrics(reference, ort_run(evals))
+        results["runs"]["onnxruntime static int8 (MinMax, per-channel)"] = figures
+        print(f"onnxruntime static int8: {json.dumps(figures)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
