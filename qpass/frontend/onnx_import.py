@@ -1,0 +1,258 @@
+"""ONNX -> IR: load a model, fix its input shapes, and convert it node by node.
+
+Constants (initializers and Constant nodes) live in a frontend-side environment of numpy
+arrays and become IR constants only when a run-time op reads them; every node whose inputs are
+all constants is folded on the way (see `onnx_node`). The result is a verified graph with
+static types everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from qpass.errors import FrontendError, QpassError
+from qpass.frontend import onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
+from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, ir_array, node_label,
+                                      sanitize_name)
+from qpass.ir import Graph, QuantParams, TensorType, Value
+
+SUPPORTED_OPSETS = range(9, 22)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_VALID_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def import_onnx(model: Union[str, os.PathLike, onnx.ModelProto],
+                input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                name: Optional[str] = None) -> Graph:
+    """Import an ONNX model (a path or an `onnx.ModelProto`) as a verified IR graph.
+
+    `input_shapes` (input name -> full shape) fixes the dimensions the model leaves symbolic;
+    `name` names the graph (default: the file's stem, else the ONNX graph's name).
+    """
+    proto, source = _load(model)
+    default_name = Path(model).stem if not isinstance(model, onnx.ModelProto) else proto.graph.name
+    return Importer(proto, source, dict(input_shapes or {}), name or default_name or "main").run()
+
+
+def _load(model) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, f"ONNX model '{model.graph.name}'" if model.graph.name else "the given ONNX model"
+    elif isinstance(model, (str, os.PathLike)):
+        source = f"'{os.fspath(model)}'"
+        try:
+            proto = onnx.load(os.fspath(model))
+        except (OSError, DecodeError, ValueError) as e:
+            reason = ("the file does not exist" if isinstance(e, FileNotFoundError)
+                      else "it is a directory" if isinstance(e, IsADirectoryError)
+                      else f"it cannot be read ({e.strerror or e})" if isinstance(e, OSError)
+                      else "its bytes do not parse as an ONNX protobuf")
+            raise FrontendError(
+                f"{source} is not a readable ONNX model: {reason}. Check the path, and that the file is a "
+                "complete .onnx export (an interrupted download, a Git LFS pointer or another format gives "
+                "this)") from None
+    else:
+        raise FrontendError(f"import_onnx takes a path or an onnx.ModelProto, not {type(model).__name__}")
+    if not proto.HasField("graph") or not (proto.graph.node or proto.graph.output):
+        raise FrontendError(f"{source} is not a readable ONNX model: it holds no graph (no nodes and no "
+                            "outputs). Check that it is a complete .onnx export")
+    return proto, source
+
+
+def _opset(proto: onnx.ModelProto, source: str) -> int:
+    versions = [o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS]
+    if not versions:
+        raise FrontendError(f"{source} declares no opset for the default ONNX domain; re-export it with a "
+                            "standard opset (9 to 21)")
+    if versions[0] not in SUPPORTED_OPSETS:
+        raise FrontendError(
+            f"{source} uses ONNX opset {versions[0]}; qpass imports opsets {SUPPORTED_OPSETS.start} to "
+            f"{SUPPORTED_OPSETS.stop - 1}. Convert it first: "
+            "onnx.version_converter.convert_version(onnx.load(path), 17)")
+    return versions[0]
+
+
+def _check_supported(graph: onnx.GraphProto, source: str) -> None:
+    """One error listing every op type (and custom-domain op) the model uses that has no converter."""
+    unsupported: dict[str, list[str]] = {}
+    for node in graph.node:
+        label = node_label(node)
+        if node.domain not in _DEFAULT_DOMAINS:
+            unsupported.setdefault(f"{node.domain}.{node.op_type}", []).append(label)
+        elif node.op_type not in CONVERTERS:
+            unsupported.setdefault(node.op_type, []).append(label)
+    if not unsupported:
+        return
+    listed = []
+    for op_type, labels in unsupported.items():
+        shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+        listed.append(f"{op_type} ({'nodes' if len(labels) > 1 else 'node'}: {shown})")
+    raise FrontendError(
+        f"{source}: the model uses ops qpass cannot import: {', '.join(listed)}. Supported ops are (default "
+        f"ONNX domain only, control flow such as If/Loop is not supported): {', '.join(sorted(CONVERTERS))}")
+
+
+def _dims_text(dims: Optional[list]) -> str:
+    return "unknown (no shape in the model)" if dims is None else repr(dims)
+
+
+def _example_shape(dims: Optional[list]) -> list[int]:
+    if dims is None:
+        return [1, 3, 640, 640]
+    return [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 640) for i, d in enumerate(dims)]
+
+
+class Importer:
+    """Converts one ONNX graph; holds the constant environment and the IR graph being built."""
+
+    def __init__(self, proto: onnx.ModelProto, source: str, input_shapes: dict, name: str):
+        self.model = proto
+        self.source = source
+        self.opset = _opset(proto, source)
+        self.graph = Graph(sanitize_name(name))
+        self.input_shapes = input_shapes
+        self._operands: dict[str, Operand] = {}           # ONNX value name -> array or IR value
+        self._array_names: dict[int, str] = {}            # id(array) -> IR name when materialized
+        self._materialized: dict[tuple[int, Optional[str]], tuple[np.ndarray, Value]] = {}
+
+    def run(self) -> Graph:
+        """Convert the whole model; returns the verified graph without dead ops."""
+        onnx_graph = self.model.graph
+        _check_supported(onnx_graph, self.source)
+        for init in onnx_graph.initializer:
+            try:
+                self._bind(init.name, numpy_helper.to_array(init))
+            except (OSError, ValueError) as e:
+                raise FrontendError(f"{self.source}: initializer '{init.name}' cannot be read ({e}); if the "
+                                    "model keeps weights in external data files, pass its path so they load "
+                                    "from beside it") from e
+        self._add_inputs([v for v in onnx_graph.input if v.name not in self._operands])
+        for proto in onnx_graph.node:
+            node = Node(self, proto)
+            try:
+                results = CONVERTERS[proto.op_type](node)
+            except QpassError:
+                raise
+            except Exception as e:  # a malformed node or a converter bug: say which node
+                raise node.fail(f"converting it failed: {type(e).__name__}: {e}") from e
+            results = list(results) if isinstance(results, (list, tuple)) else [results]
+            for onnx_name, result in zip(proto.output, results):
+                if onnx_name:
+                    self._bind(onnx_name, result)
+        outputs = []
+        for info in onnx_graph.output:
+            if info.name not in self._operands:
+                raise FrontendError(f"{self.source}: graph output '{info.name}' is produced by no node")
+            operand = self._operands[info.name]
+            outputs.append(operand if isinstance(operand, Value) else self.materialize(operand, info.name))
+        self.graph.set_outputs(outputs)
+        self.graph.remove_dead()
+        return self.graph.verify()
+
+    # ------------------------------------------------------------------ inputs
+    def _add_inputs(self, infos: list[onnx.ValueInfoProto]) -> None:
+        names = [info.name for info in infos]
+        if not names:
+            raise FrontendError(f"{self.source} has no inputs (every graph input is an initializer); qpass "
+                                "compiles models that take at least one input")
+        unknown = sorted(set(self.input_shapes) - set(names))
+        if unknown:
+            raise FrontendError(
+                f"input_shapes names {', '.join(repr(n) for n in unknown)}, but the inputs of {self.source} "
+                f"are {', '.join(repr(n) for n in names) or 'none'}; use those names")
+        dynamic = []
+        for info in infos:
+            dtype, dims = self._input_signature(info)
+            shape = self._fixed_shape(info.name, dims)
+            if shape is None:
+                dynamic.append((info.name, dims))
+            else:
+                # Input names are what users pass (--input-shape, calibration files): keep them if valid.
+                name = self.graph.fresh_name(info.name if _VALID_NAME.match(info.name) else sanitize_name(info.name))
+                self._bind(info.name, self.graph.add_input(name, TensorType(shape, dtype)))
+        if dynamic:
+            described = "; ".join(f"input '{n}' has shape {_dims_text(d)}" for n, d in dynamic)
+            cli = " ".join(f"--input-shape {n}={'x'.join(map(str, _example_shape(d)))}" for n, d in dynamic)
+            python = ", ".join(f"'{n}': {tuple(_example_shape(d))}" for n, d in dynamic)
+            raise FrontendError(
+                f"{self.source}: {described}. qpass compiles static shapes, so every symbolic or unknown "
+                f"dimension must be fixed: pass {cli} (CLI) or input_shapes={{{python}}} (Python), with the "
+                "sizes you will run the model at")
+
+    def _input_signature(self, info: onnx.ValueInfoProto) -> tuple[str, Optional[list]]:
+        """The IR dtype of input `info` and its dimensions as ONNX gives them (ints, names, '?')."""
+        if not info.type.HasField("tensor_type"):
+            raise FrontendError(f"{self.source}: input '{info.name}' is not a tensor; qpass imports tensor "
+                                "inputs only")
+        tensor = info.type.tensor_type
+        if tensor.elem_type not in ONNX_TO_IR:
+            kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            raise FrontendError(f"{self.source}: input '{info.name}' has element type {kind}; qpass takes "
+                                f"inputs of type {', '.join(ONNX_TO_IR.values())}")
+        if not tensor.HasField("shape"):
+            return ONNX_TO_IR[tensor.elem_type], None
+        dims = [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else "?"
+                for d in tensor.shape.dim]
+        return ONNX_TO_IR[tensor.elem_type], dims
+
+    def _fixed_shape(self, name: str, dims: Optional[list]) -> Optional[tuple[int, ...]]:
+        """The static shape of input `name`: from input_shapes if given, else from the model (or None)."""
+        given = self.input_shapes.get(name)
+        if given is None:
+            static = dims is not None and all(isinstance(d, int) and d > 0 for d in dims)
+            return tuple(dims) if static else None
+        try:
+            shape = tuple(int(d) for d in given)
+        except (TypeError, ValueError):
+            shape = ()
+        if not shape or any(d <= 0 for d in shape):
+            raise FrontendError(f"input_shapes['{name}'] = {given!r} is not a full shape of positive sizes, "
+                                "e.g. (1, 3, 640, 640)")
+        if dims is not None:
+            clash = len(dims) != len(shape) or any(isinstance(d, int) and d > 0 and d != s
+                                                   for d, s in zip(dims, shape))
+            if clash:
+                raise FrontendError(
+                    f"input_shapes['{name}'] = {list(shape)} contradicts the model, which declares input "
+                    f"'{name}' with shape {dims}; give {len(dims)} dimensions and keep the fixed ones")
+        return shape
+
+    # ------------------------------------------------------------------ the environment
+    def _bind(self, onnx_name: str, operand: Operand) -> None:
+        self._operands[onnx_name] = operand
+        if isinstance(operand, np.ndarray):
+            self._array_names.setdefault(id(operand), sanitize_name(onnx_name))
+
+    def operand(self, onnx_name: str, node: Node) -> Operand:
+        """The array or IR value of ONNX value `onnx_name`, read by `node`."""
+        try:
+            return self._operands[onnx_name]
+        except KeyError:
+            raise FrontendError(
+                f"{node.where} reads '{onnx_name}', which no earlier node produces: either the model is not "
+                "topologically sorted, or it reads an optional output that qpass does not compute "
+                "(e.g. BatchNormalization running statistics, MaxPool indices)") from None
+
+    def materialize(self, array: np.ndarray, hint: str, dtype: Optional[str] = None,
+                    quant: Optional[QuantParams] = None) -> Value:
+        """An IR constant for `array` (in `dtype` when given), named after its ONNX value if it has one.
+
+        The same array materialized twice gives the same constant; the cache keeps the array
+        alive so its id cannot be reused by another array.
+        """
+        key = (id(array), dtype)
+        if quant is None and key in self._materialized:
+            return self._materialized[key][1]
+        data = ir_array(array) if dtype is None else np.asarray(array)
+        name = self.graph.fresh_name(self._array_names.get(id(array), sanitize_name(hint)))
+        value = self.graph.add_constant(data, name, dtype=dtype, quant=quant)
+        if quant is None:
+            self._materialized[key] = (array, value)
+        return value
