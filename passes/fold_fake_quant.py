@@ -80,6 +80,17 @@ def replace(graph, op, value) -> None:
     graph.rename(value, name)
 
 
+def float_bias(graph, value) -> np.ndarray:
+    """A bias's real values: a float constant, or a dequantized integer constant (QDQ models)."""
+    if value.is_constant:
+        return value.data
+    producer = graph.producer(value)
+    if producer is not None and producer.kind == "dequantize" and producer.inputs[0].is_constant:
+        source = producer.inputs[0]
+        return dequantize_array(source.data, source.type.quant)
+    raise NoMatch("bias is not constant")
+
+
 # --------------------------------------------------------------------------- rules
 def rule_conv_dense(graph, q, op):
     act = None
@@ -99,9 +110,8 @@ def rule_conv_dense(graph, q, op):
     sw = np.asarray(w.type.quant.scale, np.float64)
     inputs = [x, w]
     if len(op.inputs) == 3:
-        if not op.inputs[2].is_constant:
-            raise NoMatch("bias is not constant")
-        bias = np.rint(op.inputs[2].data.astype(np.float64) / (sx * sw))
+        bias = float_bias(graph, op.inputs[2])
+        bias = np.rint(bias.astype(np.float64) / (sx * sw))
         inputs.append(graph.add_constant(np.clip(bias, -2**31, 2**31 - 1).astype(np.int32), op.name + ".bias_i32"))
     acc = graph.add_op("q" + op.kind, inputs, op.attrs, names=[op.name + ".acc"], before=q)
     axis = 1 if op.kind == "conv2d" else acc.output.type.rank - 1

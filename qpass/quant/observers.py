@@ -123,25 +123,34 @@ def quantization_error(hist: np.ndarray, centers: np.ndarray, lo: float, hi: flo
 
 
 class MSE(Histogram):
-    """Search clipping ranges shrunk from [min, max] for the least mean squared quantization error."""
+    """Search clipping ranges inside [min, max] for the least expected squared quantization error.
+
+    Thresholds run over a geometric grid (so one far outlier cannot hide the bulk); the two ends
+    are refined one at a time after a joint search.
+    """
+
+    GRID = np.geomspace(1e-3, 1.0, 160)
 
     def range(self, bits=8, symmetric=False):
         if self.edges is None:
             return self.lo, self.hi
-        centers, levels = self.centers(), (1 << bits) - 1
-        best, best_err = (self.lo, self.hi), np.inf
-        bound = max(abs(self.lo), abs(self.hi))
-        for fraction in np.linspace(0.2, 1.0, 81):
-            if symmetric:
-                lo, hi = -bound * fraction, bound * fraction
-            else:
-                lo, hi = min(self.lo * fraction, 0.0), max(self.hi * fraction, 0.0)
-            if hi <= lo:
-                continue
-            err = quantization_error(self.hist, centers, lo, hi, levels + 1)
-            if err < best_err:
-                best, best_err = (lo, hi), err
-        return best
+        centers, levels = self.centers(), 1 << bits
+
+        def error(lo, hi):
+            return quantization_error(self.hist, centers, lo, hi, levels) if hi > lo else np.inf
+
+        if symmetric:
+            bound = max(abs(self.lo), abs(self.hi))
+            best = min(self.GRID, key=lambda f: error(-bound * f, bound * f))
+            return -bound * best, bound * best
+        lo0, hi0 = min(self.lo, 0.0), max(self.hi, 0.0)
+        f = min(self.GRID, key=lambda f: error(lo0 * f, hi0 * f))
+        lo, hi = lo0 * f, hi0 * f
+        if hi0 > 0:
+            hi = hi0 * min(self.GRID, key=lambda g: error(lo, hi0 * g))
+        if lo0 < 0:
+            lo = lo0 * min(self.GRID, key=lambda g: error(lo0 * g, hi))
+        return lo, hi
 
 
 class Entropy(Histogram):
@@ -152,6 +161,9 @@ class Entropy(Histogram):
             return self.lo, self.hi
         bound = max(abs(self.lo), abs(self.hi))
         magnitude, _ = np.histogram(np.abs(self.centers()), bins=self.bins, range=(0, bound), weights=self.hist)
+        # Zeros (half of a ReLU's output) are exact at any scale; as a spike in the first bin they
+        # would make the smallest threshold look best, so the first bin is left out.
+        magnitude[0] = 0
         threshold = kl_threshold(magnitude, bound, 1 << (bits - 1))
         if self.lo >= 0:                                # one-sided (e.g. after ReLU)
             return self.lo, min(threshold, self.hi)

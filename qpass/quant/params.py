@@ -15,9 +15,8 @@ def activation_params(lo: float, hi: float, dtype: str = "i8", symmetric: bool =
                       bits: Optional[int] = None) -> QuantParams:
     """Per-tensor parameters covering [lo, hi] (widened to include 0, so real zero is exact).
 
-    A range of zero width (a constant tensor) gets scale 1 and the zero point at its value's
-    place: a documented fallback that represents the constant exactly when it is an integer,
-    and 0 always.
+    A range of zero width (a constant tensor) gets scale 1: a documented fallback under which
+    that constant (then 0) is represented exactly.
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     qmin, qmax = dtype_range(dtype, bits)
