@@ -50,7 +50,8 @@ class Layer:
 
     def int4_type(self) -> TensorType:
         old = self.value.type.quant
-        params = weight_params(self.float_weight, "i4", old.granularity, axis=old.axis or 0, group_size=old.group_size)
+        params = weight_params(self.float_weight, "i4", old.granularity, axis=old.axis or 0, group_size=old.group_size,
+                               clip="mse")
         return TensorType(self.value.type.shape, "i4", params)
 
     @contextlib.contextmanager

@@ -45,6 +45,8 @@ class Quantize(Pass):
     weight_bits: int = option(8, "weight bits (4 or 8)")
     activations: Literal["asymmetric", "symmetric"] = option("asymmetric", "activation scheme")
     activation_dtype: Literal["i8", "u8"] = option("i8", "activation storage type")
+    weight_clip: Literal["auto", "max", "mse"] = option(
+        "auto", "weight range: max |w|, the least-squared-error bound, or auto (mse below 8 bits)")
     keep_float: list[str] = option([], "op name patterns (fnmatch) whose weights stay float")
 
     def run(self, graph, ctx):
@@ -61,9 +63,10 @@ class Quantize(Pass):
             if not weight.is_constant or not is_float(weight.type.dtype):
                 continue
             granularity = self.weights if (self.weights != "per-group" or op.kind == "dense") else "per-channel"
+            clip = self.weight_clip if self.weight_clip != "auto" else ("mse" if self.weight_bits < 8 else "max")
             params = weight_params(weight.data, weight_dtype, granularity,
                                    axis=1 if granularity == "per-group" else axis, group_size=self.group_size,
-                                   bits=self.weight_bits if self.weight_bits not in (4, 8) else None)
+                                   bits=self.weight_bits if self.weight_bits not in (4, 8) else None, clip=clip)
             q = graph.add_op("quantize", [weight], types=[TensorType(weight.type.shape, weight_dtype, params)],
                              names=[weight.name + ".q"], before=op)
             dq = graph.add_op("dequantize", [q.output], names=[weight.name + ".dq"], before=op)

@@ -30,17 +30,39 @@ def activation_params(lo: float, hi: float, dtype: str = "i8", symmetric: bool =
     return QuantParams(np.maximum(scale, TINY), np.int32(zp), bits=bits)
 
 
+CLIP_GRID = np.linspace(0.5, 1.0, 51)
+
+
+def _best_bounds(rows: np.ndarray, qmax: int, clip: str) -> np.ndarray:
+    """Per row, the clipping bound: max |w| ("max"), or the one minimizing squared rounding error
+    among fractions of it ("mse"; low-bit weights gain most from clipping their rare large values)."""
+    bound = np.abs(rows).max(axis=1, initial=0.0)
+    if clip == "max":
+        return bound
+    best, best_err = bound, np.full(len(rows), np.inf)
+    for fraction in CLIP_GRID:
+        step = np.maximum(bound * fraction / qmax, 1e-30)[:, None]
+        err = np.sum((np.clip(np.rint(rows / step), -qmax, qmax) * step - rows) ** 2, axis=1)
+        better = err < best_err
+        best, best_err = np.where(better, bound * fraction, best), np.where(better, err, best_err)
+    return best
+
+
 def weight_params(w: np.ndarray, dtype: str = "i8", granularity: str = "per-channel", axis: int = 0,
-                  group_size: Optional[int] = None, bits: Optional[int] = None) -> QuantParams:
-    """Symmetric weight parameters (zero point 0) using the narrow range [-qmax, qmax]."""
+                  group_size: Optional[int] = None, bits: Optional[int] = None, clip: str = "max") -> QuantParams:
+    """Symmetric weight parameters (zero point 0) using the narrow range [-qmax, qmax].
+
+    `clip`: "max" maps max |w| to qmax; "mse" picks, per channel (or tensor), the bound with the
+    least squared rounding + clipping error.
+    """
     _, qmax = dtype_range(dtype, bits)
     w = np.asarray(w, np.float64)
     if granularity == "per-tensor":
-        scale = np.float32(np.abs(w).max(initial=0.0) / qmax)
+        scale = np.float32(_best_bounds(w.reshape(1, -1), qmax, clip)[0] / qmax)
         return QuantParams(np.maximum(scale, TINY), np.int32(0), bits=bits)
     moved = np.moveaxis(w, axis, 0)
     if granularity == "per-channel":
-        bound = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1, initial=0.0)
+        bound = _best_bounds(moved.reshape(moved.shape[0], -1), qmax, clip)
         scale = np.maximum((bound / qmax).astype(np.float32), TINY)
         return QuantParams(scale, np.zeros_like(scale, np.int32), axis=axis, bits=bits)
     if granularity == "per-group":
