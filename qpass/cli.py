@@ -163,6 +163,52 @@ def _opt(parser):
     return run
 
 
+@command("quantize", "quantize a float model to integer IR with calibration data (no TVM involved)")
+def _quantize(parser):
+    parser.add_argument("model", help="an .onnx model or a .qir file")
+    parser.add_argument("--calib", required=True, metavar="PATH",
+                        help="calibration data: an .npz (input name -> array with a leading sample axis) "
+                             "or a folder of .npy / .npz samples")
+    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
+    parser.add_argument("--method", default="percentile",
+                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+    parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
+    parser.add_argument("--pipeline", "-p", help="run this pipeline instead of the default one")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
+    parser.add_argument("-o", "--output", required=True, help="write the integer IR here (.qir + .npz)")
+    parser.add_argument("--report", metavar="FILE.json", help="also write the quantization report as JSON")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write NN-<pass>.qir and .diff files after each change")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no report on stdout")
+
+    def run(args):
+        from qpass import PassContext, run_passes
+        from qpass.api import CANONICALIZE, quantization_pipeline, quantize
+        from qpass.instruments import DumpIR
+        from qpass.ir import save
+        from qpass.pipeline import parse_pipeline
+        from qpass.quant.calibration import load_calibration
+        from qpass.quant.report import dumps, format_report, quantization_report
+        bits = int(args.bits) if args.bits.isdigit() else args.bits
+        pipeline = args.pipeline or quantization_pipeline(bits, args.method, budget=args.budget)
+        parse_pipeline(pipeline)                                 # bad names fail before any work
+        for path in filter(None, [args.output, args.report]):
+            _check_writable_file(path)
+        graph = load_model(args.model, args.input_shape)
+        samples = load_calibration(args.calib, graph)
+        ctx = PassContext([DumpIR(args.dump_ir)] if args.dump_ir else [], verify_each=True)
+        quantized = quantize(graph, samples, pipeline=pipeline, ctx=ctx, quiet=args.quiet)
+        report = quantization_report(run_passes(graph.copy(), CANONICALIZE), quantized, samples[:16],
+                                     ctx.analyses.get("float-ops"), ctx.analyses.get("bitwidth"))
+        save(quantized, args.output)
+        if args.report:
+            from qpass.ir.serialize import atomic_write
+            atomic_write(args.report, dumps(report).encode())
+        if not args.quiet:
+            print(format_report(report))
+        return 0
+    return run
+
+
 @command("demo", "import, print and run the bundled digits model on its held-out test set")
 def _demo(parser):
     parser.add_argument("--quiet", action="store_true", help="do not print the IR")

@@ -1,11 +1,13 @@
 """The command line as a user meets it: outputs, files, plugins, and clean errors."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -166,3 +168,23 @@ def test_dynamic_input_needs_input_shape(tmp_path):
     fixed = qpass("show", path, "--input-shape", "x=2x4")
     assert fixed.returncode == 0 and "%x: f32[2,4]" in fixed.stdout
     assert_clean_error(qpass("show", path, "--input-shape", "x=2by4"), "NAME=DxDxD")
+
+
+def test_quantize_command(tmp_path):
+    from qpass.demo import bundled_test_set
+    images, _ = bundled_test_set()
+    np.savez(tmp_path / "calib.npz", input=images[:16])
+    model = REPO / "qpass" / "data" / "digits_cnn.onnx"
+    out, report = tmp_path / "q.qir", tmp_path / "report.json"
+    result = qpass("quantize", model, "--calib", tmp_path / "calib.npz", "-o", out, "--report", report)
+    assert result.returncode == 0, result.stderr
+    assert "SQNR" in result.stdout and "qconv2d" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["summary"]["top1_agreement"] >= 0.9 and len(data["layers"]) >= 5
+    assert "qconv2d" in load(out).find_ops("qconv2d")[0].kind
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=images[:4, :, :4])
+    target = tmp_path / "never.qir"
+    assert_clean_error(qpass("quantize", model, "--calib", bad, "-o", target), "shape")
+    assert not target.exists() and not target.with_suffix(".npz").exists()
+    assert_clean_error(qpass("quantize", model, "--calib", tmp_path / "missing", "-o", target), "does not exist")
