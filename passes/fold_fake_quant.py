@@ -92,12 +92,18 @@ def float_bias(graph, value) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- rules
+def split_activation(graph, op):
+    """(producer, activation) when `op` is a ReLU/Clip fused onto its producer, else (op, None)."""
+    if op.kind not in ("relu", "clip"):
+        return op, None
+    producer = graph.producer(op.inputs[0])
+    if producer is None or len(graph.users(producer.output)) != 1:
+        raise NoMatch("the activation's producer has other readers")
+    return producer, op
+
+
 def rule_conv_dense(graph, q, op):
-    act = None
-    if op.kind in ("relu", "clip"):
-        act, op = op, graph.producer(op.inputs[0])
-        if op is None or len(graph.users(op.output)) != 1:
-            raise NoMatch("the activation's producer has other readers")
+    op, act = split_activation(graph, op)
     if op.kind not in ("conv2d", "dense"):
         raise NoMatch("not a conv2d/dense")
     x, w = int_source(graph, op.inputs[0]), int_source(graph, op.inputs[1])
@@ -122,11 +128,7 @@ def rule_conv_dense(graph, q, op):
 
 
 def rule_add_mul(graph, q, op):
-    act = None
-    if op.kind in ("relu", "clip"):
-        act, op = op, graph.producer(op.inputs[0])
-        if op is None or len(graph.users(op.output)) != 1:
-            raise NoMatch("the activation's producer has other readers")
+    op, act = split_activation(graph, op)
     if op.kind not in ("add", "mul"):
         raise NoMatch("not an add/mul")
     a, b = int_source(graph, op.inputs[0]), int_source(graph, op.inputs[1])

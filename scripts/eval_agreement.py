@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bits", nargs="+", default=["8", "mixed"])
     parser.add_argument("--budget", type=float, default=0.6)
     parser.add_argument("--ort", action="store_true", help="also measure onnxruntime's static int8")
+    parser.add_argument("--qdq", action="store_true", help="fold onnxruntime's QDQ model with qpass and compare "
+                        "it with onnxruntime running that same model")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     if not Path(args.model).exists():
@@ -111,11 +113,25 @@ def main(argv=None) -> int:
         figures.update(quantize_seconds=round(seconds, 1), weight_bytes=weight_bytes(q))
         results["runs"][f"qpass W{bits}A8"] = figures
         print(f"qpass W{bits}A8: {json.dumps(figures)}", flush=True)
-    if args.ort:
-        _, ort_run = ort_static_int8(Path(args.model), calib)
-        figures = metrics(reference, ort_run(evals))
+    if args.ort or args.qdq:
+        qdq_path, ort_run = ort_static_int8(Path(args.model), calib)
+        ort_logits = ort_run(evals)
+        figures = metrics(reference, ort_logits)
         results["runs"]["onnxruntime static int8 (MinMax, per-channel)"] = figures
-        print(f"onnxruntime static int8: {json.dumps(figures)}")
+        print(f"onnxruntime static int8: {json.dumps(figures)}", flush=True)
+    if args.qdq:
+        ctx = qpass.PassContext(verify_each=True)
+        with ctx:
+            folded = qpass.run_passes(qpass.import_onnx(qdq_path),
+                                      qpass.api.CANONICALIZE + ",fold-fake-quant,fuse-requant,eliminate-dead-code", ctx)
+        ours = run(folded, evals)
+        figures = metrics(reference, ours)
+        figures.update(max_abs_logit_difference_vs_onnxruntime=float(np.abs(ours - ort_logits).max()),
+                       top1_agreement_with_onnxruntime=float(np.mean(ours.argmax(1) == ort_logits.argmax(1))),
+                       ops_left_float=ctx.analyses.get("float-ops", {}),
+                       integer_ops=sum(op.kind.startswith("q") or op.kind == "lut" for op in folded.ops))
+        results["runs"]["onnxruntime QDQ model folded by qpass"] = figures
+        print(f"onnxruntime QDQ folded by qpass: {json.dumps(figures)}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

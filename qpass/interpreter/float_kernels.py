@@ -40,34 +40,10 @@ def relu(op, x):
     return np.maximum(x, _like(x, 0))
 
 
-@kernel("sigmoid")
-def sigmoid(op, x):
-    """1 / (1 + exp(-x)), without overflow for large |x|."""
-    return special.expit(x)
-
-
-@kernel("tanh")
-def tanh(op, x):
-    """Hyperbolic tangent."""
-    return np.tanh(x)
-
-
-@kernel("erf")
-def erf(op, x):
-    """Gauss error function."""
-    return special.erf(x)
-
-
-@kernel("sqrt")
-def sqrt(op, x):
-    """Square root."""
-    return np.sqrt(x)
-
-
-@kernel("exp")
-def exp(op, x):
-    """Natural exponential."""
-    return np.exp(x)
+# Plain unary functions: the kernel is the numpy/scipy function itself (expit cannot overflow).
+_UNARY = {"sigmoid": special.expit, "tanh": np.tanh, "erf": special.erf, "sqrt": np.sqrt, "exp": np.exp}
+for _kind, _fn in _UNARY.items():
+    kernel(_kind)(lambda op, x, fn=_fn: fn(x))
 
 
 @kernel("hard_swish")
