@@ -76,7 +76,13 @@ def ort_static_int8(model: Path, calib) -> "callable":
     quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return out, lambda crops: np.concatenate([session.run(None, {"input": c})[0] for c in crops])
+    literal = ort.SessionOptions()                     # no fusions: DequantizeLinear -> float op -> QuantizeLinear
+    literal.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(out), literal, providers=["CPUExecutionProvider"])
+
+    def runner(s):
+        return lambda crops: np.concatenate([s.run(None, {"input": c})[0] for c in crops])
+    return out, runner(session), runner(reference)
 
 
 def main(argv=None) -> int:
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
         results["runs"][f"qpass W{bits}A8"] = figures
         print(f"qpass W{bits}A8: {json.dumps(figures)}", flush=True)
     if args.ort or args.qdq:
-        qdq_path, ort_run = ort_static_int8(Path(args.model), calib)
+        qdq_path, ort_run, ort_literal_run = ort_static_int8(Path(args.model), calib)
         ort_logits = ort_run(evals)
         figures = metrics(reference, ort_logits)
         results["runs"]["onnxruntime static int8 (MinMax, per-channel)"] = figures
@@ -125,7 +131,11 @@ def main(argv=None) -> int:
             folded = qpass.run_passes(qpass.import_onnx(qdq_path),
                                       qpass.api.CANONICALIZE + ",fold-fake-quant,fuse-requant,eliminate-dead-code", ctx)
         ours = run(folded, evals)
+        literal = ort_literal_run(evals)
         figures = metrics(reference, ours)
+        figures.update(max_abs_logit_difference_vs_onnxruntime_unfused=float(np.abs(ours - literal).max()),
+                       top1_agreement_with_onnxruntime_unfused=float(np.mean(ours.argmax(1) == literal.argmax(1))),
+                       output_step=float(folded.producer(folded.outputs[0]).inputs[0].type.quant.scale))
         figures.update(max_abs_logit_difference_vs_onnxruntime=float(np.abs(ours - ort_logits).max()),
                        top1_agreement_with_onnxruntime=float(np.mean(ours.argmax(1) == ort_logits.argmax(1))),
                        ops_left_float=ctx.analyses.get("float-ops", {}),

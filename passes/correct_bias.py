@@ -1,0 +1,80 @@
+"""correct-bias: empirical bias correction (Nagel et al., 2019/2021) for fake-quantized weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qpass import Pass, PassResult, option, register_pass
+from qpass.errors import PassError
+from qpass.interpreter import evaluate, interpret
+from qpass.quant.calibration import iterate
+
+WEIGHTED = ("conv2d", "dense")
+
+
+def weight_error(graph, op):
+    """w - dequantize(quantize(w)) for a layer whose weight is fake-quantized from a float constant."""
+    dq = graph.producer(op.inputs[1])
+    q = graph.producer(dq.inputs[0]) if dq is not None and dq.kind == "dequantize" else None
+    if q is None or q.kind != "quantize" or not q.inputs[0].is_constant:
+        return None
+    w = q.inputs[0].data
+    (rounded,) = evaluate("dequantize", evaluate("quantize", [w], types=[q.output.type]), input_types=[q.output.type])
+    return (w.astype(np.float64) - rounded).astype(np.float32)
+
+
+@register_pass
+class CorrectBias(Pass):
+    """Fold the expected output shift that weight rounding causes into each conv/dense bias.
+
+    For every layer with fake-quantized weights, E[op(x, w - w_q)] per output channel is measured
+    on the calibration data, x being the layer's input in the quantized model, and added to the
+    bias. Run it after `quantize` (and `assign-bitwidth`), before `fold-fake-quant`.
+    """
+
+    name = "correct-bias"
+    samples: int = option(16, "calibration samples to average over")
+    quiet: bool = option(False, "no progress bar")
+
+    def run(self, graph, ctx):
+        samples = ctx.options.get("calibration")
+        if not samples:
+            raise PassError("correct-bias measures the output shift on calibration data; none was given")
+        layers = {}
+        for op in graph.ops:
+            if op.kind in WEIGHTED:
+                error = weight_error(graph, op)
+                if error is not None and np.any(error):
+                    layers.setdefault(op.inputs[0].name, []).append((op, error))
+        if not layers:
+            return PassResult(graph, False)
+        sums = {id(op): 0.0 for ops in layers.values() for op, _ in ops}
+
+        def observe(value, array):
+            for op, error in layers.get(value.name, ()):
+                inputs = [array, error]
+                (shift,) = evaluate(op.kind, inputs, op.attrs)
+                axes = tuple(i for i in range(shift.ndim) if i != (1 if op.kind == "conv2d" else shift.ndim - 1))
+                sums[id(op)] = sums[id(op)] + shift.astype(np.float64).mean(axis=axes)
+
+        used = list(samples)[:self.samples]
+        for sample in iterate(used, "correct-bias", self.quiet or ctx.options.get("quiet", False)):
+            for value in graph.inputs:
+                observe(value, sample[value.name])
+            interpret(graph, sample, observe=observe)
+        for ops in layers.values():
+            for op, _ in ops:
+                correction = sums[id(op)] / len(used)
+                bias = op.inputs[2].data.astype(np.float64) if len(op.inputs) == 3 else 0.0
+                new = graph.add_constant((bias + correction).astype(np.float32), op.name + ".bias_corrected")
+                if len(op.inputs) == 3:
+                    graph.set_input(op, 2, new)
+                else:
+                    replacement = graph.add_op(op.kind, [*op.inputs, new], op.attrs, types=[op.output.type],
+                                               names=[op.name + ".corrected"], before=op)
+                    name = op.output.name
+                    graph.replace_all_uses(op.output, replacement.output)
+                    graph.remove_op(op)
+                    graph.rename(replacement.output, name)
+        graph.remove_dead()
+        return PassResult(graph, True)
