@@ -13,12 +13,10 @@ import numpy as np
 from qpass import Pass, PassResult, register_pass
 from qpass.fixed_point import quantize_multiplier
 from qpass.interpreter import evaluate, run_op
-from qpass.ir.types import TensorType, dtype_range
+from qpass.ir.types import TensorType, dtype_range, is_float
+from qpass.quant import MOVE_KINDS, TABLE_KINDS
 from qpass.quant.params import dequantize_array, quantize_array
 
-LUT_OPS = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "gelu", "erf", "exp",
-           "sqrt"}
-MOVE_OPS = {"reshape", "transpose", "max_pool2d", "slice", "identity"}
 
 
 class NoMatch(Exception):
@@ -157,7 +155,7 @@ def rule_reduce_mean(graph, q, op):
 
 
 def rule_move(graph, q, op):
-    if op.kind not in MOVE_OPS:
+    if op.kind not in MOVE_KINDS:
         raise NoMatch("not a data-movement op")
     x = int_source(graph, op.inputs[0])
     moved_type = TensorType(op.output.type.shape, x.type.dtype, x.type.quant)
@@ -166,7 +164,7 @@ def rule_move(graph, q, op):
 
 
 def rule_lut(graph, q, op):
-    if op.kind not in LUT_OPS:
+    if op.kind not in TABLE_KINDS:
         raise NoMatch("no table form")
     x = int_source(graph, op.inputs[0])
     per_tensor(x)
@@ -205,6 +203,12 @@ def requantize_to(graph, x, q, shape=None):
     return graph.add_op("requantize", [x], attrs, types=[want], names=[x.name + ".rq"], before=q).output
 
 
+def explain(kind: str, why: list[str]) -> str:
+    """Why no rule folded an op: the reasons of the rules that knew the op kind, else 'no integer form'."""
+    relevant = [w for w in dict.fromkeys(why) if not w.startswith("not ") and w != "no table form"]
+    return f"{kind}: " + ("; ".join(relevant) if relevant else "has no integer form")
+
+
 RULES = (rule_conv_dense, rule_add_mul, rule_reduce_mean, rule_move, rule_lut, rule_concat)
 
 
@@ -233,8 +237,7 @@ class FoldFakeQuant(Pass):
                 changed = True
                 break
             else:
-                reasons[producer.name] = f"{producer.kind}: " + "; ".join(dict.fromkeys(w for w in why if not w.startswith("not ")
-                                                                                          and w != "no table form") or [f"{producer.kind} has no integer form"])
+                reasons[producer.name] = explain(producer.kind, why)
         for q in graph.find_ops("quantize"):
             dq = graph.producer(q.inputs[0])
             if dq is None or dq.kind != "dequantize":
@@ -251,5 +254,8 @@ class FoldFakeQuant(Pass):
             changed = True
         if changed:
             graph.remove_dead()
-        ctx.analyses["float-ops"] = reasons
+        for op in graph.ops:                          # every float op left, sandwiched or not
+            if op.kind not in ("quantize", "dequantize") and is_float(op.outputs[0].type.dtype):
+                reasons.setdefault(op.name, explain(op.kind, []))
+        ctx.analyses["float-ops"] = {name: reasons[name] for name in sorted(reasons) if graph.has_value(name)}
         return PassResult(graph, changed)

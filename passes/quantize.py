@@ -6,14 +6,14 @@ from typing import Literal
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.ir.types import TensorType, is_float
+from qpass.quant import INTEGER_KINDS, MOVE_KINDS
 from qpass.quant.params import activation_params, weight_params
 
 WEIGHTED = {"conv2d": 0, "dense": 0}          # op kind -> output-channel axis of its weight
 FUSED_ACTIVATIONS = {"relu", "clip"}           # quantized after, not before, when they follow a producer
 FUSING_PRODUCERS = {"conv2d", "dense", "add"}
-# Ops that move values without changing them: their result reuses the operand's parameters,
+# Ops that move values without changing them (MOVE_KINDS) reuse their operand's parameters,
 # so the fake-quant pair around them cancels after folding.
-SAME_PARAMS = {"reshape", "transpose", "max_pool2d", "slice", "identity"}
 
 
 def insert_fake_quant(graph, value, params, dtype):
@@ -81,11 +81,14 @@ class Quantize(Pass):
             if producer is not None and producer.kind in ("quantize", "dequantize"):
                 continue
             users = graph.users(value)
+            if producer is not None and producer.kind not in INTEGER_KINDS \
+                    and not any(user.kind in INTEGER_KINDS for user in users):
+                continue
             if producer is not None and producer.kind in FUSING_PRODUCERS and len(users) == 1 \
                     and users[0].kind in FUSED_ACTIVATIONS and not graph.is_output(value):
                 continue
             params = None
-            if producer is not None and producer.kind in SAME_PARAMS:
+            if producer is not None and producer.kind in MOVE_KINDS:
                 source = graph.producer(producer.inputs[0])
                 if source is not None and source.kind == "dequantize":
                     params = source.inputs[0].type.quant

@@ -191,3 +191,19 @@ def test_bias_correction_removes_the_mean_output_error():
         return np.mean([interpret(graph, s)["y"] - interpret(g, s)["y"] for s in samples], axis=0)
     before, after = np.abs(mean_error(fake)).max(), np.abs(mean_error(corrected)).max()
     assert before > 1e-3 and after < before / 20, (before, after)
+
+
+def test_ops_without_integer_form_stay_float_and_are_reported():
+    from qpass import Graph, TensorType
+    g = Graph("softmaxed")
+    x = g.add_input("x", TensorType((1, 8), "f32"))
+    w = g.add_constant(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    d = g.add_op("dense", [x, w], names=["d"])
+    g.set_outputs([g.add_op("softmax", [d.output], {"axis": 1}, names=["p"]).output])
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32)} for i in range(8)]
+    ctx = PassContext()
+    q = qpass.quantize(g, samples, ctx=ctx, quiet=True)
+    assert ctx.analyses["float-ops"] == {"p": "softmax: has no integer form"}
+    kinds = [op.kind for op in q.ops]
+    assert "qdense" in kinds and kinds[kinds.index("softmax") - 1] == "dequantize"
+    assert np.allclose(interpret(q, samples[0])["p"], interpret(g, samples[0])["p"], atol=0.02)
