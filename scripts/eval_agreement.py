@@ -58,6 +58,26 @@ def weight_bytes(graph) -> int:
     return total
 
 
+def layer_local_differences(literal, folded, crop) -> tuple[int, int, int]:
+    """Run every integer op of `folded` on the values the literal QDQ graph computed for its operands
+    and compare with the literal graph's value of the same name: (max step difference, differing
+    elements, elements). This separates per-layer semantics from the way a deep network amplifies
+    one-step differences."""
+    from qpass.interpreter import run_op
+    name = literal.inputs[0].name
+    values = {}
+    qpass.interpret(literal, {name: crop}, observe=lambda v, a: values.__setitem__(v.name, a))
+    worst = differing = total = 0
+    for op in folded.ops:
+        if op.kind == "quantize" or op.output.name not in values or not all(
+                v.is_constant or v.name in values for v in op.inputs):
+            continue
+        (out,) = run_op(op, [v.data if v.is_constant else values[v.name] for v in op.inputs])
+        d = np.abs(out.astype(np.int64) - values[op.output.name].astype(np.int64))
+        worst, differing, total = max(worst, int(d.max())), differing + int((d > 0).sum()), total + d.size
+    return worst, differing, total
+
+
 def ort_static_int8(model: Path, calib) -> "callable":
     """onnxruntime's own static int8 (QDQ, per-channel, MinMax), for orientation."""
     import tempfile
@@ -127,15 +147,19 @@ def main(argv=None) -> int:
         print(f"onnxruntime static int8: {json.dumps(figures)}", flush=True)
     if args.qdq:
         ctx = qpass.PassContext(verify_each=True)
+        imported = qpass.import_onnx(qdq_path)
         with ctx:
-            folded = qpass.run_passes(qpass.import_onnx(qdq_path),
+            folded = qpass.run_passes(imported.copy(),
                                       qpass.api.CANONICALIZE + ",fold-fake-quant,fuse-requant,eliminate-dead-code", ctx)
+        worst, differing, total = layer_local_differences(imported, folded, evals[0])
         ours = run(folded, evals)
         literal = ort_literal_run(evals)
         figures = metrics(reference, ours)
         figures.update(max_abs_logit_difference_vs_onnxruntime_unfused=float(np.abs(ours - literal).max()),
                        top1_agreement_with_onnxruntime_unfused=float(np.mean(ours.argmax(1) == literal.argmax(1))),
-                       output_step=float(folded.producer(folded.outputs[0]).inputs[0].type.quant.scale))
+                       output_step=float(folded.producer(folded.outputs[0]).inputs[0].type.quant.scale),
+                       layer_local_max_step_difference=worst, layer_local_differing_elements=differing,
+                       layer_local_elements=total)
         figures.update(max_abs_logit_difference_vs_onnxruntime=float(np.abs(ours - ort_logits).max()),
                        top1_agreement_with_onnxruntime=float(np.mean(ours.argmax(1) == ort_logits.argmax(1))),
                        ops_left_float=ctx.analyses.get("float-ops", {}),
