@@ -11,21 +11,17 @@ from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import interpret
 from qpass.ir.types import TensorType
+from qpass.quant import quantized_weight
 from qpass.quant.calibration import iterate
 from qpass.quant.params import dequantize_array, quantize_array, weight_params
-
-WEIGHTED = ("conv2d", "dense")
-
 
 class Layer:
     """A conv/dense whose weight is fake-quantized: quantize(float w) or an integer constant."""
 
-    def __init__(self, graph, op):
+    def __init__(self, graph, op, source):
         self.op = op
-        dq = graph.producer(op.inputs[1])
-        source = dq.inputs[0]
         self.quantize = graph.producer(source)          # quantize(float constant), or None
-        self.value = self.quantize.output if self.quantize is not None else source
+        self.value = source
         self.float_weight = (self.quantize.inputs[0].data if self.quantize is not None
                              else dequantize_array(source.data, source.type.quant))
         self.elements = int(self.float_weight.size)
@@ -34,19 +30,8 @@ class Layer:
 
     @staticmethod
     def find(graph):
-        layers = []
-        for op in graph.ops:
-            if op.kind not in WEIGHTED:
-                continue
-            dq = graph.producer(op.inputs[1])
-            if dq is None or dq.kind != "dequantize":
-                continue
-            source = dq.inputs[0]
-            producer = graph.producer(source)
-            if (producer is not None and producer.kind == "quantize" and producer.inputs[0].is_constant) \
-                    or (producer is None and source.is_constant):
-                layers.append(Layer(graph, op))
-        return layers
+        return [Layer(graph, op, source) for op in graph.ops
+                if (source := quantized_weight(graph, op)) is not None]
 
     def int4_type(self) -> TensorType:
         old = self.value.type.quant
@@ -74,6 +59,11 @@ class Layer:
             const = graph.add_constant(data, self.value.name + ".i4", dtype=new.dtype, quant=new.quant)
             graph.replace_all_uses(self.value, const)
         self.bits = 4
+
+
+def output_change(outputs: dict, reference: dict) -> float:
+    """Squared difference of every graph output from its reference."""
+    return float(sum(np.sum((outputs[name] - value) ** 2) for name, value in reference.items()))
 
 
 def solve_knapsack(costs: np.ndarray, savings: np.ndarray, required: float) -> np.ndarray:
@@ -124,8 +114,7 @@ class AssignBitwidth(Pass):
             if pin:
                 continue
             with layer.as_type(int4):
-                layer.cost = float(sum(np.sum((out[k] - ref[k]) ** 2) for s, ref in zip(samples, reference)
-                                       for out in [interpret(graph, s)] for k in ref))
+                layer.cost = sum(output_change(interpret(graph, s), ref) for s, ref in zip(samples, reference))
         costs = np.array([layer.cost if not pin else 1e30 for layer, pin in zip(layers, pinned)])
         savings = np.array([layer.elements / 2 for layer in layers])
         savings[np.array(pinned, bool)] = 0

@@ -7,16 +7,14 @@ import numpy as np
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import evaluate, interpret
+from qpass.quant import WEIGHTED_KINDS, quantized_weight
 from qpass.quant.calibration import iterate
-
-WEIGHTED = ("conv2d", "dense")
-
 
 def weight_error(graph, op):
     """w - dequantize(quantize(w)) for a layer whose weight is fake-quantized from a float constant."""
-    dq = graph.producer(op.inputs[1])
-    q = graph.producer(dq.inputs[0]) if dq is not None and dq.kind == "dequantize" else None
-    if q is None or q.kind != "quantize" or not q.inputs[0].is_constant:
+    source = quantized_weight(graph, op)
+    q = graph.producer(source) if source is not None else None
+    if q is None:                                     # an integer constant: the float weight is gone
         return None
     w = q.inputs[0].data
     (rounded,) = evaluate("dequantize", evaluate("quantize", [w], types=[q.output.type]), input_types=[q.output.type])
@@ -42,7 +40,7 @@ class CorrectBias(Pass):
             raise PassError("correct-bias measures the output shift on calibration data; none was given")
         layers = {}
         for op in graph.ops:
-            if op.kind in WEIGHTED:
+            if op.kind in WEIGHTED_KINDS:
                 error = weight_error(graph, op)
                 if error is not None and np.any(error):
                     layers.setdefault(op.inputs[0].name, []).append((op, error))

@@ -6,10 +6,9 @@ from typing import Literal
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.ir.types import TensorType, is_float
-from qpass.quant import INTEGER_KINDS, MOVE_KINDS
+from qpass.quant import INTEGER_KINDS, MOVE_KINDS, WEIGHTED_KINDS
 from qpass.quant.params import activation_params, weight_params
 
-WEIGHTED = {"conv2d": 0, "dense": 0}          # op kind -> output-channel axis of its weight
 FUSED_ACTIVATIONS = {"relu", "clip"}           # quantized after, not before, when they follow a producer
 FUSING_PRODUCERS = {"conv2d", "dense", "add"}
 # Ops that move values without changing them (MOVE_KINDS) reuse their operand's parameters,
@@ -56,8 +55,7 @@ class Quantize(Pass):
         weight_dtype = "i4" if self.weight_bits <= 4 else "i8"
         changed = False
         for op in graph.ops:
-            axis = WEIGHTED.get(op.kind)
-            if axis is None or any(fnmatch(op.name, p) for p in self.keep_float):
+            if op.kind not in WEIGHTED_KINDS or any(fnmatch(op.name, p) for p in self.keep_float):
                 continue
             weight = op.inputs[1]
             if not weight.is_constant or not is_float(weight.type.dtype):
@@ -65,7 +63,7 @@ class Quantize(Pass):
             granularity = self.weights if (self.weights != "per-group" or op.kind == "dense") else "per-channel"
             clip = self.weight_clip if self.weight_clip != "auto" else ("mse" if self.weight_bits < 8 else "max")
             params = weight_params(weight.data, weight_dtype, granularity,
-                                   axis=1 if granularity == "per-group" else axis, group_size=self.group_size,
+                                   axis=1 if granularity == "per-group" else 0, group_size=self.group_size,
                                    bits=self.weight_bits if self.weight_bits not in (4, 8) else None, clip=clip)
             q = graph.add_op("quantize", [weight], types=[TensorType(weight.type.shape, weight_dtype, params)],
                              names=[weight.name + ".q"], before=op)

@@ -104,6 +104,7 @@ class Graph:
         self.outputs: list[Value] = []
         self._next_seq = 0
         self._order_cache: Optional[list[Op]] = None
+        self._position: dict[int, int] = {}          # id(op) -> index in _order_cache
 
     # ----------------------------------------------------------------- definitions
     def _define(self, value: Value) -> Value:
@@ -217,9 +218,8 @@ class Graph:
 
     def users(self, value: Value) -> list[Op]:
         """Ops that read `value`, in program order."""
-        users = list(self._nx.successors(value))
-        position = {id(op): i for i, op in enumerate(self.ops)}
-        return sorted(users, key=lambda op: position[id(op)])
+        self.ops                                      # refreshes the order and positions if stale
+        return sorted(self._nx.successors(value), key=lambda op: self._position[id(op)])
 
     def is_output(self, value: Value) -> bool:
         return any(v is value for v in self.outputs)
@@ -236,6 +236,7 @@ class Graph:
             try:
                 order = nx.lexicographical_topological_sort(self._nx, key=key)
                 self._order_cache = [n for n in order if isinstance(n, Op)]
+                self._position = {id(op): i for i, op in enumerate(self._order_cache)}
             except nx.NetworkXUnfeasible:
                 cycle = nx.find_cycle(self._nx)
                 names = " -> ".join(f"%{n.name}" if isinstance(n, Value) else n.kind for n, _ in cycle)

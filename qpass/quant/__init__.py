@@ -1,5 +1,26 @@
 """Quantization support shared by the built-in passes: observers, parameter choice, calibration data."""
 
+# Ops whose operand 1 is a weight that `quantize` fake-quantizes (output channels on the weight's axis 0).
+WEIGHTED_KINDS = frozenset({"conv2d", "dense"})
+
+
+def quantized_weight(graph, op):
+    """The integer-typed value behind a conv/dense weight that is fake-quantized, or None.
+
+    The weight operand must be `dequantize(q)` where q is `quantize(float constant)` (written by
+    the quantize pass) or an integer constant (an imported QDQ model).
+    """
+    if op.kind not in WEIGHTED_KINDS:
+        return None
+    dq = graph.producer(op.inputs[1])
+    if dq is None or dq.kind != "dequantize":
+        return None
+    source = dq.inputs[0]
+    producer = graph.producer(source)
+    if producer is None:
+        return source if source.is_constant else None
+    return source if producer.kind == "quantize" and producer.inputs[0].is_constant else None
+
 # Float op kinds that fold-fake-quant turns into integer ops. `quantize` only fake-quantizes values
 # that such an op produces or reads: elsewhere a quantize/dequantize pair would only add error.
 TABLE_KINDS = frozenset({"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "gelu",
