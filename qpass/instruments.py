@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import sys
-import time
 from pathlib import Path
 from typing import Optional, TextIO
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from qpass.errors import ParseError, QpassError
+from qpass.errors import QpassError
 from qpass.ir.graph import Graph
 from qpass.ir.text import parse_graph, print_with_blobs
 

@@ -17,7 +17,6 @@ beside the .qir. `#` starts a comment.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Optional
 

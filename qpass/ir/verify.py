@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from qpass.errors import IRError
 from qpass.ir.graph import Graph
