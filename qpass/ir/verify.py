@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from qpass.errors import IRError
 from qpass.ir.graph import Graph
 from qpass.ir.ops import OPS, check_result_types
