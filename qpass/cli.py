@@ -18,6 +18,10 @@ from qpass.errors import QpassError
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
+# Modules whose import registers more subcommands with @command (kept out of this file so that
+# each feature owns its command).
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def command(name: str, help: str):
     """Register a subcommand: the decorated function adds arguments; it returns the runner."""
@@ -229,6 +233,8 @@ def _check_writable_file(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="qpass", description="quantize and compile neural networks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
