@@ -1,0 +1,86 @@
+"""Integer IR -> scheduled Relax/TIR module -> TVM executable for a target."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from qpass.errors import QpassError
+from qpass.pass_manager import run_passes
+from qpass.targets.lower import Lowered, lower
+from qpass.targets.registry import TargetSpec
+
+
+@dataclasses.dataclass
+class Built:
+    """What `build` made: the executable, the IR it implements, and notes for the report."""
+
+    executable: object               # tvm.relax.VMExecutable
+    graph: object                    # the legalized integer IR the executable implements
+    spec: TargetSpec
+    notes: list[str]
+    kernels: list[dict]
+    seconds: float
+
+
+def legalize(graph, spec: TargetSpec):
+    """The target-independent IR adjusted for `spec` (activation signedness)."""
+    return run_passes(graph.copy(), f"legalize-activations{{dtype={spec.activation_dtype}}}")
+
+
+def schedule(lowered: Lowered, spec: TargetSpec) -> tuple[object, list[dict]]:
+    """Apply qpass's schedule to each kernel; a kernel whose schedule fails stays correct but slow."""
+    import tvm
+    from qpass.targets import schedule as S
+    mod = lowered.module
+    summary = []
+    for kernel in lowered.kernels:
+        gv = mod.get_global_var(kernel.name)
+        sch = tvm.s_tir.Schedule(mod[gv])
+        how = "plain loops"
+        try:
+            if kernel.kind == "conv":
+                (S.schedule_cuda_conv if spec.family == "cuda" else S.schedule_cpu_conv)(sch, kernel.plan)
+                how = kernel.plan.micro_kernel or kernel.plan.kind
+            elif spec.family != "cuda":
+                S.schedule_cpu_elementwise(sch)
+                how = "vectorized"
+            else:
+                continue                # GPU elementwise kernels get dlight's default schedule
+        except Exception as e:          # noqa: BLE001 - TVM raises many kinds; the kernel stays unscheduled
+            lowered.notes.append(f"{kernel.name}: schedule failed ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:160]}); left as plain loops")
+            sch = tvm.s_tir.Schedule(mod[gv])
+            how = "unscheduled"
+            if spec.family == "cuda":
+                continue
+        mod[gv] = sch.mod["main"].with_attr("tir.is_scheduled", True)
+        summary.append({"kernel": kernel.name, "op": kernel.op, "schedule": how})
+    return mod, summary
+
+
+def relax_pipeline(spec: TargetSpec):
+    import tvm
+    from tvm import relax
+    steps = [relax.transform.LegalizeOps()]
+    if spec.family == "cuda":
+        from tvm.s_tir import dlight
+        steps.append(dlight.ApplyDefaultSchedule(dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
+                                                 dlight.gpu.Fallback()))
+    steps.append(relax.pipeline.default_build_pipeline())
+    return tvm.transform.Sequential(steps)
+
+
+def build(graph, spec: TargetSpec) -> Built:
+    """Compile an integer graph for `spec`."""
+    import tvm
+    start = time.perf_counter()
+    legal = legalize(graph, spec)
+    lowered = lower(legal, spec)
+    mod, summary = schedule(lowered, spec)
+    try:
+        executable = tvm.compile(mod, target=spec.tvm_target(), relax_pipeline=relax_pipeline(spec))
+    except Exception as e:              # noqa: BLE001
+        raise QpassError(f"TVM failed to build the model for {spec.describe()}: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[-1][:400]}") from e
+    return Built(executable, legal, spec, lowered.notes, summary, time.perf_counter() - start)

@@ -1,0 +1,149 @@
+"""qpass's own tensor intrinsics, where TVM 0.27 has none: exact AVX2 s8 x s8, ARM smmla, CUDA dp4a
+on global/local buffers. TVM's own (VNNI, sdot) are imported from their modules only when needed
+(`tvm.s_tir.tensor_intrin` as a package takes about a minute to import).
+
+Every intrinsic computes C[i] += sum_k A[k] * B[i, k] in int32 (smmla: C[i, j] += A[i, k] * B[j, k])
+and is exact: no intermediate saturation for any operand the kernels hand it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
+SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
+DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
+VNNI_DOT_16x4 = "dot_16x4_vnni"
+SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
+
+
+@functools.cache
+def register(name: str) -> str:
+    """Make sure intrinsic `name` is registered with TVM; returns the name."""
+    if name == VNNI_DOT_16x4:
+        import tvm.s_tir.tensor_intrin.x86  # noqa: F401 - registers on import
+    elif name == SDOT_4x4:
+        import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
+    elif name == AVX2_DOT_8x4:
+        _register_avx2()
+    elif name == SMMLA_2x2x8:
+        _register_smmla()
+    elif name == DP4A_GLOBAL:
+        _register_dp4a()
+    else:
+        raise KeyError(name)
+    return name
+
+
+def _register_avx2():
+    """8 int32 lanes x 4 bytes, s8 x s8, exactly, with the sign trick.
+
+    vpmaddubsw multiplies u8 by s8 and adds pairs with int16 saturation. Feeding it |a| (u8, at
+    most 128) and sign(a) * b (vpsignb; exact while b != -128) makes every product a * b, at most
+    128 * 127 in size, so each pair sum stays within int16: no saturation can occur. vpmaddwd
+    with ones widens pairs to int32. The kernels only pick this intrinsic when no weight is -128.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            for i, k in T.grid(8, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a_x32 = T.reinterpret("int8x32", T.broadcast(T.reinterpret("int32", A.vload([0], "int8x4")), 8))
+            signed_b = T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx2.psign.b", B.vload([0, 0], "int8x32"),
+                                               a_x32)
+            pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                            T.reinterpret("uint8x32", T.abs(a_x32)), signed_b)
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+
+    TensorIntrin.register(AVX2_DOT_8x4, desc, impl)
+
+
+def _register_smmla():
+    """ARM i8mm: C[2, 2] += A[2, 8] . B[2, 8]^T with one smmla (A rows may be strided)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sc = T.int32(), T.int32()
+        A = T.match_buffer(a, (2, 8), "int8", strides=[sa, 1], offset_factor=1)
+        B = T.match_buffer(b, (2, 8), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
+            T.writes(C[0:2, 0:2])
+            for i, j, k in T.grid(2, 2, 8):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], "int32") * T.cast(B[vj, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sc = T.int32(), T.int32()
+        A = T.match_buffer(a, (2, 8), "int8", strides=[sa, 1], offset_factor=1)
+        B = T.match_buffer(b, (2, 8), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
+            T.writes(C[0:2, 0:2])
+            acc = T.call_llvm_pure_intrin(
+                "int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8",
+                T.vectorcombine("int32x4", C.vload([0, 0], "int32x2"), C.vload([1, 0], "int32x2")),
+                T.vectorcombine("int8x16", A.vload([0, 0], "int8x8"), A.vload([1, 0], "int8x8")),
+                B.vload([0, 0], "int8x16"))
+            C[0, T.ramp(T.int32(0), 1, 2)] = T.vectorlow("int32x2", acc)
+            C[1, T.ramp(T.int32(0), 1, 2)] = T.vectorhigh("int32x2", acc)
+
+    TensorIntrin.register(SMMLA_2x2x8, desc, impl)
+
+
+def _register_dp4a():
+    """CUDA __dp4a reading 4 bytes of each operand straight from global memory into a local sum."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for k in range(4):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            C[0] += T.call_pure_extern("int32", "__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"),
+                                       T.int32(0))
+
+    TensorIntrin.register(DP4A_GLOBAL, desc, impl)
