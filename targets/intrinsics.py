@@ -9,6 +9,10 @@ and is exact: no intermediate saturation for any operand the kernels hand it.
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
+import types
+from pathlib import Path
 
 AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
 SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
@@ -21,9 +25,9 @@ SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
 def register(name: str) -> str:
     """Make sure intrinsic `name` is registered with TVM; returns the name."""
     if name == VNNI_DOT_16x4:
-        import tvm.s_tir.tensor_intrin.x86  # noqa: F401 - registers on import
+        _load_tvm_module("x86")
     elif name == SDOT_4x4:
-        import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
+        _load_tvm_module("arm_cpu")
     elif name == AVX2_DOT_8x4:
         _register_avx2()
     elif name == SMMLA_2x2x8:
@@ -33,6 +37,23 @@ def register(name: str) -> str:
     else:
         raise KeyError(name)
     return name
+
+
+def _load_tvm_module(stem: str) -> None:
+    """Import TVM's tvm.s_tir.tensor_intrin.<stem>, which registers its intrinsics on import.
+
+    The package's __init__ imports every target's intrinsics (CUDA's take most of a minute here)
+    and does nothing else; when it has not run yet, the package is entered as a plain namespace
+    so that importing one submodule costs a fraction of a second.
+    """
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        import tvm.s_tir
+        namespace = types.ModuleType(package)
+        namespace.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+        namespace.__package__ = package
+        sys.modules[package] = namespace
+    importlib.import_module(f"{package}.{stem}")
 
 
 def _register_avx2():

@@ -145,7 +145,7 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
                   dilations=dilations, pads=pads, groups=groups, x_dtype=x_dtype, pad_value=zx,
                   bias=bias.astype(np.int32), epilogue=Epilogue.of(op, oc))
     if groups == 1 and fits:
-        micro = _micro_kernel(spec, x_dtype, wc, out_shape)
+        micro = _micro_kernel(spec, x_dtype, wc, out_shape, strides[1])
         if micro is not None:
             lanes, reduction = _block(micro)
             packed = pack_blocks(wc, lanes, reduction)
@@ -163,7 +163,7 @@ def _block(micro: str) -> tuple[int, int]:
     return {"vnni": (16, 4), "avx2": (8, 4), "sdot": (4, 4), "smmla": (2, 8), "dp4a": (1, 4)}[micro]
 
 
-def _micro_kernel(spec, x_dtype: str, wc: np.ndarray, out_shape) -> Optional[str]:
+def _micro_kernel(spec, x_dtype: str, wc: np.ndarray, out_shape, stride_w: int) -> Optional[str]:
     """The dot-product instruction that computes this layer exactly, or None (plain loops)."""
     micro = spec.micro_kernel
     if micro == "vnni":
@@ -173,7 +173,7 @@ def _micro_kernel(spec, x_dtype: str, wc: np.ndarray, out_shape) -> Optional[str
     if micro == "smmla":
         if x_dtype != "int8":
             return None
-        return "smmla" if out_shape[2] % 2 == 0 else "sdot"
+        return "smmla" if out_shape[2] % 2 == 0 and stride_w == 1 else "sdot"
     if micro in ("sdot", "dp4a"):
         return micro if x_dtype == "int8" else None
     return None
@@ -242,15 +242,17 @@ def conv_compute(plan: ConvPlan):
             lanes, red = plan.lanes, plan.reduction
             ro = te.reduce_axis((0, plan.in_channels_padded // red), "ro")
             ri = te.reduce_axis((0, red), "ri")
-            acc = te.compute(
-                (n, oh, ow, plan.out_blocks, lanes),
-                lambda b, i, j, o, l: te.sum(
-                    xp[b, i * sh + rh * dh, j * sw + rw * dw, ro * red + ri].astype("int32")
-                    * wu[o, rh, rw, ro, l, ri].astype("int32"), axis=[rh, rw, ro, ri]), name="acc",
-                attrs={"qpass.micro_kernel": plan.micro_kernel})
+            pair = 2 if plan.micro_kernel == "smmla" else 1     # smmla makes 2 pixels x 2 channels
+
+            def dot(b, i, j, o, l):
+                return te.sum(xp[b, i * sh + rh * dh, j * sw + rw * dw, ro * red + ri].astype("int32")
+                              * wu[o, rh, rw, ro, l, ri].astype("int32"), axis=[rh, rw, ro, ri])
+            acc = te.compute((n, oh, ow // pair, plan.out_blocks, pair, lanes),
+                             lambda b, i, j, o, p, l: dot(b, i, j * pair + p, o, l), name="acc",
+                             attrs={"qpass.micro_kernel": plan.micro_kernel})
 
             def at(b, i, j, c):
-                return acc[b, i, j, c // lanes, c % lanes]
+                return acc[b, i, j // pair, c // lanes, j % pair, c % lanes]
         elif plan.kind == "depthwise":
             acc = te.compute(
                 (n, oh, ow, oc),

@@ -45,28 +45,24 @@ def schedule_cpu_conv(sch, plan: ConvPlan):
 
 def _cpu_gemm(sch, plan: ConvPlan):
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
-    b, i, j, o, lane, rh, rw, ro, ri = sch.get_loops(acc)
-    ow = plan.out_shape[2]
-    pair = 2 if plan.micro_kernel == "smmla" else 1
-    tile = _divisor(ow, 8, pair)
-    jo, ji = sch.split(j, [None, tile])
+    b, i, j, o, p, lane, rh, rw, ro, ri = sch.get_loops(acc)
+    pixels = sch.get(j).extent                      # output columns (in pairs for smmla)
+    jo, ji = sch.split(j, [None, _divisor(int(pixels), 8 // int(sch.get(p).extent))])
     if plan.int4:                      # unpack each weight block once: output-channel blocks outermost
-        sch.reorder(o, b, i, jo, rh, rw, ro, ji, lane, ri)
+        sch.reorder(o, b, i, jo, rh, rw, ro, ji, p, lane, ri)
         outer = o
         sch.compute_at(sch.get_sblock("unpack_int4"), o)
     else:
-        sch.reorder(b, i, jo, o, rh, rw, ro, ji, lane, ri)
+        sch.reorder(b, i, jo, o, rh, rw, ro, ji, p, lane, ri)
         outer = sch.fuse(b, i, jo, o)
     sch.parallel(outer)
     sch.reverse_compute_at(out, jo if plan.int4 else outer)
-    epilogue_loops = sch.get_loops(out)
     if plan.out_channels % plan.lanes == 0 and plan.lanes > 1:
-        sch.vectorize(epilogue_loops[-1])
+        sch.vectorize(sch.get_loops(out)[-1])
     init = sch.decompose_reduction(acc, rh)
     sch.vectorize(sch.get_loops(init)[-1])
     if plan.micro_kernel == "smmla":
-        _, pair_loop = sch.split(ji, [None, 2])
-        sch.tensorize(pair_loop, intrinsics.register(intrinsics.SMMLA_2x2x8))
+        sch.tensorize(p, intrinsics.register(intrinsics.SMMLA_2x2x8))
     else:
         sch.tensorize(lane, intrinsics.register(CPU_INTRINSICS[plan.micro_kernel]))
 
@@ -135,8 +131,8 @@ def schedule_cuda_conv(sch, plan: ConvPlan):
     """One thread per output element; the reduction runs in a register with dp4a over 4 channels."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     if plan.kind == "gemm":
-        b, i, j, o, lane, rh, rw, ro, ri = sch.get_loops(acc)
-        spatial = sch.fuse(b, i, j, o, lane)
+        b, i, j, o, p, lane, rh, rw, ro, ri = sch.get_loops(acc)
+        spatial = sch.fuse(b, i, j, o, p, lane)
     else:
         loops = sch.get_loops(acc)
         spatial = sch.fuse(*loops[:4])

@@ -31,11 +31,16 @@ def kernel(kind: str):
 
 def _load_kernels():
     from qpass.interpreter import float_kernels, integer_kernels  # noqa: F401  (register on import)
+    global _LOADED
+    _LOADED = True
+
+
+_LOADED = False
 
 
 def run_op(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Execute one op on concrete operands; results are cast to the declared result dtypes."""
-    if not KERNELS:
+    if not _LOADED:                    # importing one kernel module elsewhere must not hide the other
         _load_kernels()
     fn = KERNELS.get(op.kind)
     if fn is None:
