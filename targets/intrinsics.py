@@ -1,6 +1,7 @@
-"""qpass's own tensor intrinsics, where TVM 0.27 has none: exact AVX2 s8 x s8, ARM smmla, CUDA dp4a
-on global/local buffers. TVM's own (VNNI, sdot) are imported from their modules only when needed
-(`tvm.s_tir.tensor_intrin` as a package takes about a minute to import).
+"""qpass's own tensor intrinsics, where TVM 0.27 has none that works here: exact AVX2 s8 x s8, AVX-512
+VNNI for LLVM 22's vpdpbusd signature, ARM smmla, CUDA dp4a on global/local buffers. TVM's own sdot
+is imported from its module only when needed (`tvm.s_tir.tensor_intrin` as a package takes about
+a minute to import).
 
 Every intrinsic computes C[i] += sum_k A[k] * B[i, k] in int32 (smmla: C[i, j] += A[i, k] * B[j, k])
 and is exact: no intermediate saturation for any operand the kernels hand it.
@@ -17,7 +18,7 @@ from pathlib import Path
 AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
 SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
 DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
-VNNI_DOT_16x4 = "dot_16x4_vnni"
+VNNI_DOT_16x4 = "qpass_vnni_dot_16x4_u8s8s32"
 SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
 
 
@@ -25,7 +26,7 @@ SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
 def register(name: str) -> str:
     """Make sure intrinsic `name` is registered with TVM; returns the name."""
     if name == VNNI_DOT_16x4:
-        _load_tvm_module("x86")
+        _register_vnni()
     elif name == SDOT_4x4:
         _load_tvm_module("arm_cpu")
     elif name == AVX2_DOT_8x4:
@@ -54,6 +55,44 @@ def _load_tvm_module(stem: str) -> None:
         namespace.__package__ = package
         sys.modules[package] = namespace
     importlib.import_module(f"{package}.{stem}")
+
+
+def _register_vnni():
+    """AVX-512 VNNI: C[16] += A[4] (u8, broadcast) . B[16, 4] (s8) with one vpdpbusd (no saturation).
+
+    TVM 0.27 ships `dot_16x4_vnni`, but it calls llvm.x86.avx512.vpdpbusd.512 with <16 x i32>
+    operands, which the LLVM inside the 0.27 wheels (v22) rejects: it takes <64 x i8> now.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_x64 = T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", A.vload([0], "uint8x4")), 16))
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.vpdpbusd.512", C.vload([0], "int32x16"), a_x64,
+                B.vload([0, 0], "int8x64"))
+
+    TensorIntrin.register(VNNI_DOT_16x4, desc, impl)
 
 
 def _register_avx2():
@@ -139,32 +178,33 @@ def _register_smmla():
 
 
 def _register_dp4a():
-    """CUDA __dp4a reading 4 bytes of each operand straight from global memory into a local sum."""
+    """CUDA: C[4] += A[4] . B[4, 4] with four __dp4a, operands read from global memory, C in registers."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4)
-        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=4)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0], A[0:4], B[0:4])
-            T.writes(C[0])
-            for k in range(4):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i, k in T.grid(4, 4):
                 with T.sblock("update"):
-                    vk = T.axis.remap("R", [k])
-                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
-        B = T.match_buffer(b, (4,), "int8", offset_factor=1, align=4)
-        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=4)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0], A[0:4], B[0:4])
-            T.writes(C[0])
-            C[0] += T.call_pure_extern("int32", "__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"),
-                                       T.int32(0))
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            for i in T.unroll(4):
+                C[i] += T.call_pure_extern("int32", "__dp4a", A.vload([0], "int8x4"), B.vload([i, 0], "int8x4"),
+                                           T.int32(0))
 
     TensorIntrin.register(DP4A_GLOBAL, desc, impl)

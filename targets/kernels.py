@@ -160,7 +160,7 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
 
 
 def _block(micro: str) -> tuple[int, int]:
-    return {"vnni": (16, 4), "avx2": (8, 4), "sdot": (4, 4), "smmla": (2, 8), "dp4a": (1, 4)}[micro]
+    return {"vnni": (16, 4), "avx2": (8, 4), "sdot": (4, 4), "smmla": (2, 8), "dp4a": (4, 4)}[micro]
 
 
 def _micro_kernel(spec, x_dtype: str, wc: np.ndarray, out_shape, stride_w: int) -> Optional[str]:

@@ -79,13 +79,22 @@ class Lowering:
         return self.relax.const(np.ascontiguousarray(array).astype(dtype))
 
     def emit_kernel(self, fn: Callable, args, name: str, kind: str, plan=None, op=""):
-        expr = self.bb.emit_te(fn, *args, primfunc_name_hint=f"{kind}_{name}".replace(".", "_"))
-        # The BlockBuilder shares one PrimFunc among structurally equal kernels (conv kernels record
-        # their micro-kernel choice in the compute's attrs, so sharing never mixes schedules).
-        fname = self.bb.lookup_binding(expr).args[0].name_hint
-        if all(k.name != fname for k in self.kernels):
-            self.kernels.append(Kernel(fname, kind, plan, op))
-        return expr
+        """Build the PrimFunc of `fn` over int32-indexed placeholders and call it from Relax.
+
+        int32 indices (Relax would give int64) keep loop variables the same type as GPU thread
+        indices. The BlockBuilder shares one PrimFunc among structurally equal kernels (conv kernels
+        record their micro-kernel choice in the compute's attrs, so sharing never mixes schedules).
+        """
+        from tvm import te
+        placeholders = [te.placeholder([int(d) for d in a.ty.shape], a.ty.dtype, name=f"arg{i}")
+                        for i, a in enumerate(args)]
+        out = fn(*placeholders)
+        func = te.create_prim_func(placeholders + [out]).without_attr("global_symbol")
+        gv = self.bb.add_func(func, f"{kind}_{name}".replace(".", "_"))
+        if all(k.name != gv.name_hint for k in self.kernels):
+            self.kernels.append(Kernel(gv.name_hint, kind, plan, op))
+        sinfo = self.relax.TensorType([int(d) for d in out.shape], out.dtype)
+        return self.bb.emit(self.relax.call_tir(gv, list(args), sinfo))
 
     # -- driver ------------------------------------------------------------------------------------
     def run(self) -> Lowered:

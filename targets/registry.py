@@ -50,7 +50,7 @@ class TargetSpec:
     @property
     def lanes(self) -> int:
         """Output channels one micro-kernel call produces (the packed weight block)."""
-        return {"vnni": 16, "avx2": 8, "sdot": 4, "neon": 4, "smmla": 2, "dp4a": 1}[self.micro_kernel]
+        return {"vnni": 16, "avx2": 8, "sdot": 4, "neon": 4, "smmla": 2, "dp4a": 4}[self.micro_kernel]
 
     @property
     def reduction(self) -> int:

@@ -5,7 +5,8 @@ CPU conv/dense (the "gemm" kernels): a tile of `ow_tile` output pixels x `lanes`
 stays in registers while the reduction (kernel rows, columns, input-channel blocks) runs; the
 micro-kernel computes lanes x reduction products per call; the requantizing epilogue runs on the
 tile right after (reverse_compute_at), so the int32 accumulator never leaves the tile. The outer
-loops are fused and parallel. CUDA: one thread per output value, dp4a over input channels.
+loops are fused and parallel. CUDA: a thread per pixel and 4 output channels, dp4a over input
+channels.
 """
 
 from __future__ import annotations
@@ -128,22 +129,24 @@ def _extent(sch, loop) -> int:
 # --- CUDA ------------------------------------------------------------------------------------------------
 
 def schedule_cuda_conv(sch, plan: ConvPlan):
-    """One thread per output element; the reduction runs in a register with dp4a over 4 channels."""
+    """One thread per 4 output channels of a pixel, accumulating in registers with dp4a (4 channels
+    of input per instruction); depthwise and grouped kernels: one thread per output element."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
+    sch.set_scope(acc, 0, "local")
     if plan.kind == "gemm":
         b, i, j, o, p, lane, rh, rw, ro, ri = sch.get_loops(acc)
-        spatial = sch.fuse(b, i, j, o, p, lane)
+        sch.reorder(b, i, j, o, p, rh, rw, ro, lane, ri)
+        spatial = sch.fuse(b, i, j, o, p)
     else:
-        loops = sch.get_loops(acc)
-        spatial = sch.fuse(*loops[:4])
-    bx, tx = sch.split(spatial, [None, 64])
+        spatial = sch.fuse(*sch.get_loops(acc)[:4])
+    # A thread count dividing the work exactly: tensorize refuses blocks under a predicate.
+    bx, tx = sch.split(spatial, [None, _divisor(_extent(sch, spatial), 128)])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
-    sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, tx)
     if plan.kind == "gemm":
-        sch.decompose_reduction(acc, rh)
-        sch.tensorize(sch.get_loops(acc)[-1], intrinsics.register(intrinsics.DP4A_GLOBAL))
+        sch.decompose_reduction(acc, sch.get_loops(acc)[2])
+        sch.tensorize(sch.get_loops(acc)[-2], intrinsics.register(intrinsics.DP4A_GLOBAL))
     for name in ("pad", "unpack_int4"):
         try:
             block = sch.get_sblock(name)
