@@ -14,6 +14,7 @@ from qpass.pass_manager import PassContext, run_passes  # noqa: F401
 from qpass.pipeline import format_pipeline, parse_pipeline  # noqa: F401
 from qpass.interpreter import interpret  # noqa: F401
 from qpass.api import quantization_pipeline, quantize  # noqa: F401
+from qpass.compiler import compile  # noqa: F401,A001
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The `qpass` command line: `show`, `passes`, `opt`, `demo` (more subcommands come with the backends).
+"""The `qpass` command line: `show`, `passes`, `opt`, `quantize`, `compile`, `run`, `targets`, `demo`.
 
 Every user error is one clear paragraph on stderr and a non-zero exit; tracebacks appear only
 with --debug. Output files are written whole or not at all.
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
 # Modules whose import registers more subcommands with @command (kept out of this file so that
 # each feature owns its command).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("qpass.viewer", "qpass.debug")
 
 
 def command(name: str, help: str):
@@ -220,6 +220,127 @@ def _demo(parser):
     def run(args):
         from qpass.demo import run_demo
         return run_demo(print_ir=not args.quiet)
+    return run
+
+
+@command("compile", "quantize (if needed) and compile a model for a target triple into OUTDIR")
+def _compile(parser):
+    parser.add_argument("model", help="an .onnx model (float or QDQ) or a .qir file")
+    parser.add_argument("--target", "-t", default="x86_64-linux-gnu",
+                        help="target triple: x86_64-linux-gnu, aarch64-linux-gnu or cuda (see `qpass targets`)")
+    parser.add_argument("--mcpu", help="x86 CPU, e.g. cascadelake for AVX-512 VNNI")
+    parser.add_argument("--mattr", help="aarch64 features, e.g. +neon,+dotprod,+i8mm")
+    parser.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
+    parser.add_argument("--calib", metavar="PATH", help="calibration data for float models (.npz, or a folder "
+                        "of .npy/.npz samples); its first sample also checks and times the artifact")
+    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
+    parser.add_argument("--method", default="percentile",
+                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+    parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
+    parser.add_argument("--pipeline", "-p", help="run this pass pipeline instead of the default one")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write NN-<pass>.qir and .diff files after each change")
+    parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the artifact directory")
+    parser.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def run(args):
+        import json
+        from qpass.compiler import check_and_time, compile
+        from qpass.pipeline import parse_pipeline
+        from qpass.targets.registry import resolve_target
+        resolve_target(args.target, args.mcpu, args.mattr, args.arch)     # bad targets fail before any work
+        if args.pipeline:
+            parse_pipeline(args.pipeline)
+        if Path(args.output).exists() and not args.force:
+            raise QpassError(f"{args.output} exists; pass --force to replace it, or choose another -o")
+        shapes = dict(parse_shape_arg(s) for s in args.input_shape or []) or None
+        bits = int(args.bits) if args.bits.isdigit() else args.bits
+        compiled = compile(args.model, args.target, args.calib, mcpu=args.mcpu, mattr=args.mattr, arch=args.arch,
+                           bits=bits, method=args.method, budget=args.budget, pipeline=args.pipeline,
+                           input_shapes=shapes, dump_ir=args.dump_ir, print_ir_after_all=args.print_ir_after_all,
+                           quiet=args.quiet or args.json)
+        compiled.report["run"] = check_and_time(compiled, _first_sample(args.calib, compiled.graph))
+        compiled.save(args.output, force=args.force)
+        if args.json:
+            print(json.dumps(compiled.report, indent=2, default=str))
+        elif not args.quiet:
+            from qpass.report_html import format_compile_report
+            print(format_compile_report(compiled.report))
+            print(f"wrote {args.output}/ (model.so, model.qir, meta.json, report.json, report.html)")
+        return 0
+    return run
+
+
+def _first_sample(calib: Optional[str], graph) -> Optional[dict]:
+    """The first calibration sample, or a seeded random input when no data was given."""
+    import numpy as np
+    if calib:
+        from qpass.quant.calibration import load_calibration
+        return load_calibration(calib, graph)[0]
+    rng = np.random.default_rng(0)
+    return {v.name: rng.standard_normal(v.type.shape).astype(v.type.numpy_dtype) for v in graph.inputs}
+
+
+@command("run", "run a compiled OUTDIR on inputs (host x86, aarch64 under qemu, or CUDA)")
+def _run(parser):
+    parser.add_argument("artifact", metavar="OUTDIR", help="a directory written by `qpass compile`")
+    parser.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="an input array; repeat for each input (a single input may omit NAME=)")
+    parser.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here (default: print them)")
+
+    def run(args):
+        import numpy as np
+        from qpass.targets.artifact import Artifact
+        artifact = Artifact(args.artifact)
+        inputs = {}
+        for item in args.input:
+            name, sep, path = item.partition("=")
+            if not sep:
+                if len(artifact.input_names) != 1:
+                    raise QpassError(f"--input {item}: the model has inputs {', '.join(artifact.input_names)}; "
+                                     "write NAME=FILE.npy")
+                name, path = artifact.input_names[0], item
+            try:
+                inputs[name] = np.load(path)
+            except (OSError, ValueError) as e:
+                raise QpassError(f"--input {item}: cannot read {path} as a .npy array ({e})") from e
+        if args.output:
+            _check_writable_file(args.output)
+        outputs = artifact.run(inputs)
+        if args.output:
+            import io
+            from qpass.ir.serialize import atomic_write
+            buffer = io.BytesIO()
+            np.savez(buffer, **outputs)
+            atomic_write(args.output, buffer.getvalue())
+        else:
+            for name, value in outputs.items():
+                print(f"{name}: {value.dtype}{list(value.shape)}")
+                print(np.array2string(value, threshold=64, precision=5))
+        return 0
+    return run
+
+
+@command("targets", "list the known target triples and what each lowers to")
+def _targets(parser):
+    parser.add_argument("--json", action="store_true", help="print the table as JSON")
+
+    def run(args):
+        import json
+        from qpass.targets.registry import target_table
+        rows = target_table()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        width = max(len(r["target"]) for r in rows)
+        print(f"{'target':<{width}}  {'activations':<11}  {'int8 kernel':<11}  runs here")
+        for r in rows:
+            print(f"{r['target']:<{width}}  {r['activations']:<11}  {r['micro_kernel']:<11}  "
+                  f"{'yes' if r['runs_here'] else 'no'} ({r['how']})")
+        return 0
     return run
 
 

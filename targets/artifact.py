@@ -1,0 +1,253 @@
+"""Compiled artifacts: what `qpass compile` writes into OUTDIR, and how `qpass run` runs it.
+
+    OUTDIR/model.so          the library for the triple (tvm.runtime.load_module + relax.VirtualMachine)
+    OUTDIR/model.qir (.npz)  the integer IR the library implements (after target legalization)
+    OUTDIR/meta.json         target, input and output names/shapes/dtypes
+    OUTDIR/report.json       quantization and build report (written by qpass.compiler)
+    OUTDIR/report.html       the same for people: tables and an SQNR plot
+    aarch64: qpass-run, libtvm_runtime.so, libtvm_ffi.so  a Python-free runner and the runtime it needs
+    cuda: model.cu           the generated CUDA source, for inspection
+
+The directory is assembled in a temporary sibling and renamed into place, so OUTDIR is either
+complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from qpass.errors import QpassError
+from qpass.targets.registry import TargetSpec, resolve_target
+
+LIBRARY = "model.so"
+RUNNER = "qpass-run"
+AARCH64_RUNTIME = ("libtvm_runtime.so", "libtvm_ffi.so")
+TVM_PINS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QPASS_CACHE", Path.home() / ".cache" / "qpass"))
+
+
+def aarch64_runtime() -> Path:
+    """A folder with the aarch64 TVM runtime libraries and tvm_ffi headers, fetched once from PyPI."""
+    folder = cache_dir() / "aarch64-runtime"
+    if all((folder / name).exists() for name in AARCH64_RUNTIME) and (folder / "include").is_dir():
+        return folder
+    import zipfile
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["python3", "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
+               "manylinux_2_28_aarch64", "--python-version", "3.11", "-d", tmp, *TVM_PINS]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise QpassError("cannot fetch the aarch64 TVM runtime (pip download of the apache-tvm and "
+                             f"apache-tvm-ffi aarch64 wheels failed: {result.stderr.strip()[-300:]}); check network "
+                             f"access to PyPI or put {', '.join(AARCH64_RUNTIME)} and tvm_ffi's include/ in {folder}")
+        staging = Path(tempfile.mkdtemp(dir=cache_dir() if cache_dir().exists() else None))
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                for member in z.namelist():
+                    if member.endswith(("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")):
+                        (staging / Path(member).name).write_bytes(z.read(member))
+                    elif member.startswith("tvm_ffi/include/"):
+                        target = staging / "include" / member[len("tvm_ffi/include/"):]
+                        if not member.endswith("/"):
+                            target.parent.mkdir(parents=True, exist_ok=True)
+                            target.write_bytes(z.read(member))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    return folder
+
+
+def build_runner(out: Path) -> None:
+    """Cross-compile the C++ runner (targets/runner/runner.cc) for aarch64 into `out`."""
+    compiler = shutil.which("aarch64-linux-gnu-g++")
+    if compiler is None:
+        raise QpassError("aarch64-linux-gnu-g++ is not installed; it links the aarch64 library and runner "
+                         "(apt-get install g++-aarch64-linux-gnu)")
+    runtime = aarch64_runtime()
+    source = Path(__file__).parent / "runner" / "runner.cc"
+    cmd = [compiler, "-std=c++17", "-O2", "-I", str(runtime / "include"), str(source), "-o", str(out / RUNNER),
+           "-L", str(runtime), "-ltvm_ffi", "-Wl,-rpath,$ORIGIN"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise QpassError(f"building the aarch64 runner failed: {result.stderr.strip()[-600:]}")
+    for name in AARCH64_RUNTIME:
+        shutil.copy(runtime / name, out / name)
+
+
+def _describe(values) -> list[dict]:
+    return [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype} for v in values]
+
+
+def write_artifact(built, outdir, report: dict, force: bool = False) -> Path:
+    """Write OUTDIR whole (temporary sibling, then rename); refuses to replace it without `force`."""
+    from qpass.ir import save
+    from qpass.ir.serialize import atomic_write
+    outdir = Path(outdir)
+    if outdir.exists() and not force:
+        raise QpassError(f"{outdir} exists; pass --force to replace it, or choose another -o")
+    parent = outdir.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise QpassError(f"cannot write {outdir}: the directory {parent} does not exist or is not writable")
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{outdir.name}."))
+    try:
+        spec = built.spec
+        cc = "aarch64-linux-gnu-g++" if spec.family == "arm" else None
+        if cc and shutil.which(cc) is None:
+            raise QpassError(f"{cc} is not installed; it links the aarch64 library (apt-get install "
+                             "g++-aarch64-linux-gnu)")
+        built.executable.export_library(str(staging / LIBRARY), **({"cc": cc} if cc else {}))
+        if spec.family == "arm":
+            build_runner(staging)
+        if spec.family == "cuda":
+            (staging / "model.cu").write_text(cuda_source(built.executable))
+        save(built.graph, staging / "model.qir")
+        meta = {"target": {"triple": spec.triple, "mcpu": spec.mcpu, "mattr": list(spec.mattr), "arch": spec.arch},
+                "inputs": _describe(built.graph.inputs), "outputs": _describe(built.graph.outputs)}
+        atomic_write(staging / "meta.json", json.dumps(meta, indent=2).encode())
+        atomic_write(staging / "report.json", json.dumps(report, indent=2, default=_jsonable).encode())
+        from qpass.report_html import render_report_html
+        atomic_write(staging / "report.html", render_report_html(report).encode())
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        staging.rename(outdir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return outdir
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C source TVM generated (the device module inside the host module)."""
+    def find(module):
+        if module.kind == "cuda":
+            return module
+        for child in module.imports:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+    device = find(executable.mod)
+    return device.inspect_source("cuda") if device is not None else ""
+
+
+class Artifact:
+    """A compiled OUTDIR, loaded for running."""
+
+    def __init__(self, outdir):
+        self.dir = Path(outdir)
+        meta_path = self.dir / "meta.json"
+        if not meta_path.is_file() or not (self.dir / LIBRARY).is_file():
+            raise QpassError(f"{outdir} is not a qpass artifact (no meta.json or {LIBRARY}); make one with "
+                             "`qpass compile MODEL --target TRIPLE -o OUTDIR`")
+        self.meta = json.loads(meta_path.read_text())
+        t = self.meta["target"]
+        self.spec: TargetSpec = resolve_target(t["triple"], t["mcpu"], t["mattr"] or None, t["arch"])
+        self._vm = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.meta["inputs"]]
+
+    def check_inputs(self, inputs: dict) -> list[np.ndarray]:
+        from qpass.ir.types import numpy_dtype
+        arrays = []
+        for spec in self.meta["inputs"]:
+            if spec["name"] not in inputs:
+                raise QpassError(f"missing input {spec['name']!r}; the model takes "
+                                 + ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in self.meta["inputs"]))
+            array = np.asarray(inputs[spec["name"]])
+            if list(array.shape) != spec["shape"]:
+                raise QpassError(f"input {spec['name']!r} has shape {list(array.shape)}, the model expects "
+                                 f"{spec['shape']}")
+            arrays.append(np.ascontiguousarray(array.astype(numpy_dtype(spec["dtype"]), copy=False)))
+        unknown = set(inputs) - set(self.input_names)
+        if unknown:
+            raise QpassError(f"unknown input(s) {', '.join(sorted(unknown))}; the model takes "
+                             f"{', '.join(self.input_names)}")
+        return arrays
+
+    def runnable(self) -> tuple[bool, str]:
+        return self.spec.runnable_here()
+
+    def run(self, inputs: dict) -> dict[str, np.ndarray]:
+        """Run on this machine (host, qemu-aarch64, or the GPU); outputs by name."""
+        arrays = self.check_inputs(inputs)
+        ok, why = self.runnable()
+        if not ok:
+            raise QpassError(f"cannot run a {self.spec.describe()} artifact here: {why}")
+        if self.spec.family == "arm" and platform.machine() != "aarch64":
+            results = self._run_qemu(arrays)
+        else:
+            results = self._run_vm(arrays)
+        return {o["name"]: r for o, r in zip(self.meta["outputs"], results)}
+
+    def vm_function(self):
+        """The Relax VM's `main` on this machine (host x86 or CUDA) and its device, loaded once."""
+        if self._vm is None:
+            import tvm
+            from tvm import relax
+            device = tvm.cuda(0) if self.spec.family == "cuda" else tvm.cpu(0)
+            library = tvm.runtime.load_module(str(self.dir / LIBRARY))
+            self._vm = (relax.VirtualMachine(library, device)["main"], device)
+        return self._vm
+
+    def _run_vm(self, arrays):
+        import tvm
+        main, device = self.vm_function()
+        result = main(*[tvm.runtime.tensor(a, device) for a in arrays])
+        return [r.numpy() for r in result]
+
+    def _run_qemu(self, arrays):
+        if not (self.dir / RUNNER).is_file():
+            raise QpassError(f"{self.dir} has no {RUNNER}; recompile it for aarch64-linux-gnu")
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for k, a in enumerate(arrays):
+                paths.append(str(Path(tmp) / f"in{k}.npy"))
+                np.save(paths[-1], a)
+            cmd = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-E", "LD_PRELOAD=./libtvm_runtime.so",
+                   "-E", "LD_LIBRARY_PATH=.", f"./{RUNNER}", LIBRARY, *paths, "-o", str(Path(tmp) / "out")]
+            result = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise QpassError(f"the aarch64 runner failed under qemu (exit {result.returncode}): "
+                                 f"{result.stderr.strip()[-600:]}")
+            return [np.load(Path(tmp) / f"out{k}.npy") for k in range(len(self.meta["outputs"]))]
+
+    def time(self, inputs: dict, repeat: int = 20) -> Optional[dict]:
+        """Median and spread of run time in ms where the library runs natively (not under qemu)."""
+        import time as clock
+        if not self.runnable()[0] or (self.spec.family == "arm" and platform.machine() != "aarch64"):
+            return None
+        import tvm
+        main, device = self.vm_function()
+        args = [tvm.runtime.tensor(a, device) for a in self.check_inputs(inputs)]
+        main(*args)
+        samples = []
+        for _ in range(repeat):
+            start = clock.perf_counter()
+            main(*args)
+            device.sync()
+            samples.append((clock.perf_counter() - start) * 1e3)
+        return {"median_ms": float(np.median(samples)), "p10_ms": float(np.percentile(samples, 10)),
+                "p90_ms": float(np.percentile(samples, 90)), "runs": repeat}
