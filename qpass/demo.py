@@ -1,9 +1,11 @@
 """`qpass demo`: the README's main job on the bundled digits model.
 
 Imports the bundled ONNX model (a small CNN trained on scikit-learn's handwritten digits by
-scripts/train_digits.py), prints its IR, canonicalizes it, quantizes it to int8 calibrating on the
-first 64 held-out images, and scores every version with the reference interpreter on the other
-held-out images, against their true labels.
+scripts/train_digits.py), prints its IR, quantizes it to int8 and to mixed int4/int8 calibrating on
+the first 64 held-out images, compiles both for this x86 host and int8 for aarch64, and scores
+each on the other held-out images against their true labels: float32 in the reference
+interpreter, the compiled code on the host (checked bit for bit against the interpreter, and
+timed), and the aarch64 build under qemu-aarch64 when it is installed.
 """
 
 from __future__ import annotations
@@ -36,27 +38,54 @@ def accuracy(graph, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 CALIBRATION = 64
+QEMU_IMAGES = 16
+
+
+def compiled_accuracy(compiled, images, labels, want_graph) -> tuple[float, bool]:
+    """Accuracy of the compiled artifact, and whether it equals the interpreter on every image."""
+    from qpass.interpreter import interpret
+    artifact = compiled.artifact()
+    name = artifact.input_names[0]
+    hits, exact = 0, True
+    for image, label in zip(images, labels):
+        got = next(iter(artifact.run({name: image[None]}).values()))
+        exact &= bool(np.array_equal(got, next(iter(interpret(want_graph, {name: image[None]}).values()))))
+        hits += int(np.argmax(got) == label)
+    return hits / len(labels), exact
 
 
 def run_demo(print_ir: bool = True, out=sys.stdout) -> int:
-    from qpass import import_onnx, quantize, run_passes
+    from qpass import compile, import_onnx, quantize, run_passes
+    from qpass.compiler import weight_bytes
     with resources.as_file(bundled_model_path()) as path:
         graph = import_onnx(path)
     images, labels = bundled_test_set()
     calibration, (images, labels) = images[:CALIBRATION], (images[CALIBRATION:], labels[CALIBRATION:])
     if print_ir:
         out.write(f"// imported {bundled_model_path().name}\n{graph}\n")
-    start = time.perf_counter()
     canonical = run_passes(graph.copy(), CANONICALIZE)
-    seconds = time.perf_counter() - start
+    samples = {graph.inputs[0].name: calibration}
+    versions = {"int8": quantize(graph, samples, bits=8, quiet=True),
+                "mixed int4/int8": quantize(graph, samples, bits="mixed", quiet=True)}
     if print_ir:
-        out.write(f"// after {CANONICALIZE} ({seconds * 1e3:.1f} ms)\n{canonical}\n")
-    start = time.perf_counter()
-    int8 = quantize(graph, {graph.inputs[0].name: calibration}, bits=8, quiet=True)
-    seconds = time.perf_counter() - start
-    if print_ir:
-        out.write(f"// quantized to int8 ({seconds:.1f} s)\n{int8}\n")
+        out.write(f"// quantized to int8\n{versions['int8']}\n")
     out.write(f"digits test set: {len(labels)} held-out images (the {CALIBRATION} calibration images excluded)\n")
-    for title, g in (("imported float", graph), ("canonicalized float", canonical), ("int8", int8)):
-        out.write(f"  {title:<20} ({len(g.ops):3d} ops): accuracy {accuracy(g, images, labels):.2%}\n")
+    out.write(f"  {'version':<16} {'where':<34} {'accuracy':>8} {'weights':>9} {'latency':>10}\n")
+    out.write(f"  {'float32':<16} {'reference interpreter':<34} {accuracy(canonical, images, labels):>8.2%} "
+              f"{weight_bytes(canonical):>7d} B {'':>10}\n")
+    for title, g in versions.items():
+        compiled = compile(g, "x86_64-linux-gnu")
+        acc, exact = compiled_accuracy(compiled, images, labels, compiled.graph)
+        latency = compiled.artifact().time({g.inputs[0].name: images[:1]}, repeat=50)
+        out.write(f"  {title:<16} {'x86_64 ' + compiled.report['micro_kernel'] + (', bit-exact' if exact else ', DIFFERS'):<34} "
+                  f"{acc:>8.2%} {weight_bytes(g):>7d} B {latency['median_ms'] * 1e3:>7.0f} us\n")
+    compiled = compile(versions["int8"], "aarch64-linux-gnu", mattr="+neon,+dotprod,+i8mm")
+    ok, why = compiled.artifact().runnable()
+    if ok:
+        acc, exact = compiled_accuracy(compiled, images[:QEMU_IMAGES], labels[:QEMU_IMAGES], compiled.graph)
+        where = f"aarch64 {compiled.report['micro_kernel']}{' (qemu)' if 'qemu' in why else ''}"
+        out.write(f"  {'int8':<16} {where + (', bit-exact' if exact else ', DIFFERS'):<34} "
+                  f"{acc:>8.2%} {weight_bytes(versions['int8']):>7d} B {'':>10}  (first {QEMU_IMAGES} images)\n")
+    else:
+        out.write(f"  aarch64 artifact built, not run: {why}\n")
     return 0
