@@ -99,9 +99,22 @@ def load_model(path: str, input_shapes: Optional[list[str]] = None):
 def _show(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
+    parser.add_argument("--html", metavar="OUT.html", help="also draw the graph into a self-contained page")
+    parser.add_argument("--svg", metavar="OUT.svg", help="also draw the graph as an SVG image")
 
     def run(args):
-        sys.stdout.write(str(load_model(args.model, args.input_shape)))
+        from qpass.ir.serialize import atomic_write
+        for path in filter(None, [args.html, args.svg]):
+            _check_writable_file(path)
+        graph = load_model(args.model, args.input_shape)
+        if args.html or args.svg:
+            from qpass.viewer import graph_html, graph_svg
+            if args.html:
+                atomic_write(args.html, graph_html(graph).encode())
+            if args.svg:
+                atomic_write(args.svg, graph_svg(graph).encode())
+        else:
+            sys.stdout.write(str(graph))
         return 0
     return run
 
@@ -345,6 +358,8 @@ def _targets(parser):
 
 
 def _check_writable_file(path: str) -> None:
+    if Path(path).is_dir():
+        raise QpassError(f"cannot write {path}: it is a directory; give a file name")
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise QpassError(f"cannot write {path}: the directory {parent} does not exist")
