@@ -103,16 +103,15 @@ def _show(parser):
     parser.add_argument("--svg", metavar="OUT.svg", help="also draw the graph as an SVG image")
 
     def run(args):
-        from qpass.ir.serialize import atomic_write
         for path in filter(None, [args.html, args.svg]):
             _check_writable_file(path)
         graph = load_model(args.model, args.input_shape)
         if args.html or args.svg:
-            from qpass.viewer import graph_html, graph_svg
+            from qpass.viewer import graph_html, graph_svg, write_text_file
             if args.html:
-                atomic_write(args.html, graph_html(graph).encode())
+                write_text_file(args.html, graph_html(graph), "the page")
             if args.svg:
-                atomic_write(args.svg, graph_svg(graph).encode())
+                write_text_file(args.svg, graph_svg(graph), "the picture")
         else:
             sys.stdout.write(str(graph))
         return 0

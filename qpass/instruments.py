@@ -5,7 +5,10 @@ Passes never print or dump IR themselves; these do, hooked into the pass manager
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import html
+import json
 import sys
 from pathlib import Path
 from typing import Optional, TextIO
@@ -40,25 +43,35 @@ class PrintAfter(Instrument):
 
 
 class DumpIR(Instrument):
-    """Write `00-input.qir`, then `NN-<pass>.qir` and `NN-<pass>.diff` after each pass that changed the IR."""
+    """Write `00-input.qir`, then `NN-<pass>.qir` and `NN-<pass>.diff` after each pass that changed the IR.
+
+    At the end of the pipeline, `index.html` steps through every pass: its time, whether it
+    changed the IR, the diff and the IR text.
+    """
 
     def __init__(self, directory):
         self.directory = Path(directory)
         self.previous: Optional[tuple[str, str]] = None
         self.files: list[Path] = []
+        self.steps: list[DumpStep] = []
+        self.texts: list[str] = []
 
-    def _write(self, stem: str, text: str) -> None:
+    def _write(self, stem: str, text: str) -> str:
+        """Write `stem`.qir and, after the first, its diff from the previous dump; returns the diff."""
         path = self.directory / f"{stem}.qir"
         atomic_write(path, text.encode())
         self.files.append(path)
+        diff = ""
         if self.previous is not None:
             old_name, old_text = self.previous
-            diff = difflib.unified_diff(old_text.splitlines(keepends=True), text.splitlines(keepends=True),
-                                        fromfile=old_name, tofile=path.name)
+            diff = "".join(difflib.unified_diff(old_text.splitlines(keepends=True), text.splitlines(keepends=True),
+                                                fromfile=old_name, tofile=path.name))
             diff_path = self.directory / f"{stem}.diff"
-            atomic_write(diff_path, "".join(diff).encode())
+            atomic_write(diff_path, diff.encode())
             self.files.append(diff_path)
         self.previous = (path.name, text)
+        self.texts.append(text)
+        return diff
 
     def run_before_pipeline(self, graph, passes):
         try:
@@ -66,11 +79,128 @@ class DumpIR(Instrument):
         except OSError as e:
             raise QpassError(f"cannot create the IR dump directory {self.directory}: {e.strerror}. "
                              "Choose a writable --dump-ir directory.") from None
+        self.steps, self.texts = [], []
         self._write("00-input", print_graph(graph))
+        self.steps.append(DumpStep(0, "input", None, True, "00-input.qir", "", 0))
 
     def run_after_pass(self, index, p, graph, changed, seconds):
-        if changed:
-            self._write(f"{index:02d}-{p.name}", print_graph(graph))
+        diff = self._write(f"{index:02d}-{p.name}", print_graph(graph)) if changed else ""
+        self.steps.append(DumpStep(index, str(p), seconds, changed, self.previous[0], diff, len(self.texts) - 1))
+
+    def run_after_pipeline(self, graph):
+        path = self.directory / "index.html"
+        atomic_write(path, dump_index_html(self.steps, self.texts).encode())
+        self.files.append(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpStep:
+    """One step of a dumped pipeline: the pass, its time, and the dump holding the IR after it.
+
+    `file` is that dump's name (an earlier one when the pass changed nothing); `text` indexes the
+    IR texts given with the steps.
+    """
+
+    index: int
+    label: str
+    seconds: Optional[float]
+    changed: bool
+    file: str
+    diff: str
+    text: int
+
+
+_INDEX_STYLE = """
+body { margin: 0; font: 13px system-ui, sans-serif; color: #212529; display: flex; height: 100vh; }
+nav { width: 300px; overflow: auto; border-right: 1px solid #dee2e6; padding: 8px; }
+nav h1 { font-size: 15px; margin: 4px 4px 8px; }
+nav ol { list-style: none; padding: 0; margin: 0; }
+nav li { padding: 4px 6px; border-radius: 4px; cursor: pointer; display: flex; gap: 6px; }
+nav li.unchanged { color: #868e96; }
+nav li.current { background: #d0ebff; }
+nav .time { margin-left: auto; font-variant-numeric: tabular-nums; }
+main { flex: 1; overflow: auto; padding: 8px 16px; }
+header { display: flex; gap: 10px; align-items: center; }
+header h2 { font-size: 16px; margin: 0; }
+pre { font: 12px ui-monospace, Menlo, Consolas, monospace; background: #f8f9fa; padding: 8px; overflow: auto; }
+#diff span { display: block; white-space: pre; min-width: 100%; width: max-content; }
+#diff .add { background: #d3f9d8; color: #2b8a3e; }
+#diff .del { background: #ffe3e3; color: #c92a2a; }
+#diff .hunk { color: #1971c2; }
+"""
+
+_INDEX_SCRIPT = r"""
+const dumps = JSON.parse(document.getElementById('qpass-dumps').textContent);
+const items = [...document.querySelectorAll('nav li')];
+let current = 0;
+function lineClass(line) {
+  if (line.startsWith('+++') || line.startsWith('---')) return 'file';
+  return {'+': 'add', '-': 'del', '@': 'hunk'}[line[0]] || '';
+}
+function showStep(i) {
+  current = Math.max(0, Math.min(dumps.steps.length - 1, i));
+  const step = dumps.steps[current];
+  items.forEach((li, j) => li.classList.toggle('current', j === current));
+  items[current].scrollIntoView({block: 'nearest'});
+  document.getElementById('step-title').textContent = `${String(step.index).padStart(2, '0')} ${step.label}`;
+  const time = step.seconds === null ? '' : `${(step.seconds * 1e3).toFixed(2)} ms, `;
+  const state = step.index === 0 ? 'the input IR' : step.changed ? 'changed the IR' : 'left the IR unchanged';
+  document.getElementById('step-info').textContent = time + state;
+  const diff = document.getElementById('diff');
+  const lines = step.diff ? step.diff.replace(/\n$/, '').split('\n')
+                          : [step.index === 0 ? '(the IR before any pass)' : step.changed ? '(no textual change)'
+                                                                                          : '(unchanged)'];
+  diff.replaceChildren(...lines.map(line => {
+    const span = document.createElement('span');
+    span.className = lineClass(line);
+    span.textContent = line;
+    return span;
+  }));
+  document.getElementById('file').textContent = step.changed ? step.file : `unchanged, as in ${step.file}`;
+  document.getElementById('text').textContent = dumps.texts[step.text];
+  document.getElementById('prev').disabled = current === 0;
+  document.getElementById('next').disabled = current === dumps.steps.length - 1;
+  history.replaceState(null, '', `#step-${step.index}`);
+}
+items.forEach((li, i) => li.addEventListener('click', () => showStep(i)));
+document.getElementById('prev').addEventListener('click', () => showStep(current - 1));
+document.getElementById('next').addEventListener('click', () => showStep(current + 1));
+document.addEventListener('keydown', event => {
+  if (event.key === 'ArrowLeft' || event.key === 'k') showStep(current - 1);
+  if (event.key === 'ArrowRight' || event.key === 'j') showStep(current + 1);
+});
+const wanted = dumps.steps.findIndex(s => `#step-${s.index}` === location.hash);
+showStep(wanted < 0 ? 0 : wanted);
+"""
+
+
+def _step_item(step: DumpStep) -> str:
+    time = "" if step.seconds is None else f"{step.seconds * 1e3:.2f} ms"
+    css = "changed" if step.changed else "unchanged"
+    return (f'<li class="{css}"><span>{step.index:02d}</span><span>{html.escape(step.label)}</span>'
+            f'<span class="time">{time}</span></li>')
+
+
+def dump_index_html(steps: list[DumpStep], texts: list[str]) -> str:
+    """A self-contained page stepping through a pipeline's dumps (prev/next, arrow keys, a list)."""
+    total = sum(step.seconds or 0.0 for step in steps)
+    data = json.dumps({"steps": [dataclasses.asdict(step) for step in steps], "texts": texts},
+                      ensure_ascii=False).replace("</", "<\\/")
+    items = "\n".join(_step_item(step) for step in steps)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>qpass IR dumps</title><style>{_INDEX_STYLE}</style></head>
+<body>
+<nav><h1>{len(steps) - 1} passes, {total * 1e3:.2f} ms</h1><ol>
+{items}
+</ol></nav>
+<main><header><button id="prev">&#9664; prev</button><button id="next">next &#9654;</button>
+<h2 id="step-title"></h2><span id="step-info"></span></header>
+<h3>diff</h3><pre id="diff"></pre>
+<details open><summary>IR text (<span id="file"></span>)</summary><pre id="text"></pre></details></main>
+<script type="application/json" id="qpass-dumps">{data}</script>
+<script>{_INDEX_SCRIPT}</script>
+</body></html>
+"""
 
 
 class Timing(Instrument):

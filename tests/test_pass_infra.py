@@ -101,7 +101,7 @@ def test_dump_ir_writes_numbered_files_only_when_changed(tmp_path):
     with PassContext([DumpIR(tmp_path)]) as ctx:
         run_passes(conv_relu(), "eliminate-dead-code,test-rename-relu,eliminate-identity", ctx)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00-input.qir", "02-test-rename-relu.diff",
-                                                          "02-test-rename-relu.qir"]
+                                                          "02-test-rename-relu.qir", "index.html"]
     diff = (tmp_path / "02-test-rename-relu.diff").read_text()
     assert "-  %relu = relu(%conv)" in diff and "+  %relu.clip = clip(%conv)" in diff
     parse_graph((tmp_path / "02-test-rename-relu.qir").read_text()).verify()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -20,8 +20,8 @@ from onnx import numpy_helper
 
 from qpass.errors import FrontendError, QpassError
 from qpass.frontend import onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
-from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, ir_array, node_label,
-                                      sanitize_name)
+from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, element_type_name, ir_array,
+                                      node_label, sanitize_name)
 from qpass.ir import Graph, QuantParams, TensorType, Value
 
 SUPPORTED_OPSETS = range(9, 22)
@@ -63,7 +63,23 @@ def _load(model) -> tuple[onnx.ModelProto, str]:
     if not proto.HasField("graph") or not (proto.graph.node or proto.graph.output):
         raise FrontendError(f"{source} is not a readable ONNX model: it holds no graph (no nodes and no "
                             "outputs). Check that it is a complete .onnx export")
+    garbled = next((name for name in _names(proto) if not isinstance(name, str)), None)
+    if garbled is not None:
+        raise FrontendError(f"{source} is not a readable ONNX model: the name {garbled!r} is not UTF-8 text, so "
+                            "the file is corrupted. Export the model again")
     return proto, source
+
+
+def _names(proto: onnx.ModelProto) -> Iterator:
+    """Every name and op type in the model (protobuf gives bytes where a corrupted file is not UTF-8)."""
+    graph = proto.graph
+    yield graph.name
+    yield from (o.domain for o in proto.opset_import)
+    for info in (*graph.input, *graph.output, *graph.initializer):
+        yield info.name
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        yield from (a.name for a in node.attribute)
 
 
 def _opset(proto: onnx.ModelProto, source: str) -> int:
@@ -129,10 +145,10 @@ class Importer:
         for init in onnx_graph.initializer:
             try:
                 self._bind(init.name, numpy_helper.to_array(init))
-            except (OSError, ValueError) as e:
-                raise FrontendError(f"{self.source}: initializer '{init.name}' cannot be read ({e}); if the "
-                                    "model keeps weights in external data files, pass its path so they load "
-                                    "from beside it") from e
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise FrontendError(f"{self.source}: initializer '{init.name}' cannot be read ({e}); it may be "
+                                    "corrupted or of an unknown element type. If the model keeps weights in "
+                                    "external data files, pass its path so they load from beside it") from e
         self._add_inputs([v for v in onnx_graph.input if v.name not in self._operands])
         for proto in onnx_graph.node:
             node = Node(self, proto)
@@ -193,7 +209,7 @@ class Importer:
                                 "inputs only")
         tensor = info.type.tensor_type
         if tensor.elem_type not in ONNX_TO_IR:
-            kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            kind = element_type_name(tensor.elem_type)
             raise FrontendError(f"{self.source}: input '{info.name}' has element type {kind}; qpass takes "
                                 f"inputs of type {', '.join(ONNX_TO_IR.values())}")
         if not tensor.HasField("shape"):

@@ -61,6 +61,14 @@ def node_label(proto: onnx.NodeProto) -> str:
     return proto.name or (proto.output[0] if proto.output else "?")
 
 
+def element_type_name(code: int) -> str:
+    """The name of ONNX tensor element type `code` (FLOAT, INT8, ...), also for codes ONNX does not define."""
+    try:
+        return onnx.TensorProto.DataType.Name(code)
+    except ValueError:
+        return f"<unknown element type {code}>"
+
+
 def ir_array(array: np.ndarray) -> np.ndarray:
     """`array` in a dtype the IR stores: doubles become f32, booleans u8, wide unsigned ints i64."""
     array = np.asarray(array)
@@ -102,13 +110,20 @@ class Node:
         self.opset = importer.opset
         self._importer = importer
         self.where = f"node '{node_label(proto)}' ({proto.op_type})"
-        self.attrs = {a.name: _attribute(a) for a in proto.attribute}
+        self.attrs = {a.name: self._read_attribute(a) for a in proto.attribute}
         self.inputs: list[Optional[Operand]] = [importer.operand(name, self) if name else None
                                                 for name in proto.input]
         self.output_names = [sanitize_name(name) for name in proto.output]
         self._roles: dict[int, tuple[np.ndarray, str]] = {}
 
     # ------------------------------------------------------------------ reading the node
+    def _read_attribute(self, proto: onnx.AttributeProto):
+        try:
+            return _attribute(proto)
+        except (ValueError, KeyError, TypeError) as e:
+            raise self.fail(f"its attribute '{proto.name}' cannot be read ({e}); the model is corrupted or "
+                            "uses an attribute type qpass does not know") from e
+
     def fail(self, message: str) -> FrontendError:
         """An error naming this node; converters `raise node.fail(...)`."""
         return FrontendError(f"{self.where}: {message}")

@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from qpass.frontend.onnx_node import ONNX_TO_IR, Node, Operand, converter, dtype_of, shape_of
+from qpass.frontend.onnx_node import (ONNX_TO_IR, Node, Operand, converter, dtype_of, element_type_name,
+                                      shape_of)
 from qpass.ir import QuantParams, TensorType, Value, is_float
 
 # numpy dtype name of a zero point -> IR dtype (int4 arrive as ml_dtypes int4/uint4)
@@ -61,7 +62,7 @@ def quantize(node: Node):
     # Without a zero point ONNX quantizes to uint8, unless opset 21's output_dtype names the type.
     output_dtype = node.attr("output_dtype", 0)
     if output_dtype and output_dtype not in _OUTPUT_DTYPES:
-        raise node.fail(f"output_dtype {onnx.TensorProto.DataType.Name(output_dtype)} is not supported; "
+        raise node.fail(f"output_dtype {element_type_name(output_dtype)} is not supported; "
                         f"qpass quantizes to {', '.join(_ZERO_POINT_DTYPES)}")
     params, dtype = _quant_params(node, shape, _OUTPUT_DTYPES.get(output_dtype, "u8"))
     return node.emit("quantize", [x], types=[TensorType(shape, dtype, params)], fold=False)

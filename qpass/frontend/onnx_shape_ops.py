@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from qpass.frontend.onnx_node import ONNX_TO_IR, Node, Operand, converter, shape_of
+from qpass.frontend.onnx_node import ONNX_TO_IR, Node, Operand, converter, element_type_name, shape_of
 
 
 @converter("Constant")
@@ -42,7 +42,7 @@ def cast(node: Node):
     if isinstance(x, np.ndarray):
         return x.astype(helper.tensor_dtype_to_np_dtype(to))
     if to not in ONNX_TO_IR:
-        raise node.fail(f"casting a run-time value to {helper.tensor_dtype_to_string(to)} is not supported; "
+        raise node.fail(f"casting a run-time value to {element_type_name(to)} is not supported; "
                         f"the IR has {', '.join(ONNX_TO_IR.values())}")
     return node.emit("cast", [x], {"to": ONNX_TO_IR[to]})
 

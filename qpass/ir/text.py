@@ -17,6 +17,7 @@ beside the .qir. `#` starts a comment.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Optional
 
@@ -63,7 +64,7 @@ class _Printer:
             parts.append(f"bits={q.bits}")
         if q.group_size is not None:
             parts.append(f"group_size={q.group_size}")
-        if q.axis is None and not isinstance(q.scale, MissingData):
+        if q.axis is None and not isinstance(q.scale, MissingData) and not isinstance(q.zero_point, MissingData):
             parts.append(f"scale={self.scalar(q.scale[()], True)}")
             parts.append(f"zp={int(q.zero_point[()])}")
         else:
@@ -207,18 +208,24 @@ class _Parser:
                 self.fail(f"blob<{digest}> holds {data.dtype}{list(data.shape)}, expected {dtype}{list(shape)}", pos)
             return data
         self.next("punct", "[")
-        floating = is_float(dtype)
-        items = self.comma_list("]", lambda: self.number(floating))
-        size = int(np.prod(shape, dtype=np.int64))
+        items = self.comma_list("]", lambda: self.number(is_float(dtype)))
+        size = math.prod(shape)
         if len(items) != size:
             self.fail(f"{len(items)} values given for {dtype}{list(shape)}, which holds {size}", pos)
-        if floating:
-            return np.array([np.array(x, dtype=numpy_dtype(dtype)) for x in items],
-                            dtype=numpy_dtype(dtype)).reshape(shape)
+        return self.stored(items, dtype, pos).reshape(shape)
+
+    def stored(self, items: list, dtype: str, pos: int) -> np.ndarray:
+        """`items` as an array of `dtype`'s storage type; a value out of its range is an error."""
+        if is_float(dtype):
+            with np.errstate(over="ignore"):
+                array = np.array([np.array(x, dtype=numpy_dtype(dtype)) for x in items], dtype=numpy_dtype(dtype))
+            if any(np.isinf(a) and not np.isinf(x) for a, x in zip(array, items)):
+                self.fail(f"a value is beyond the range of {dtype}", pos)
+            return array
         info = np.iinfo(numpy_dtype(dtype))
         if any(not info.min <= x <= info.max for x in items):
             self.fail(f"a value does not fit {dtype}", pos)
-        return np.array(items, dtype=numpy_dtype(dtype)).reshape(shape)
+        return np.array(items, dtype=numpy_dtype(dtype))
 
     def type(self) -> TensorType:
         pos = self.tokens[self.i][2]
@@ -226,9 +233,11 @@ class _Parser:
         if dtype not in DTYPES:
             self.fail(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}", pos)
         self.next("punct", "[")
-        shape = tuple(self.comma_list("]", lambda: self.number(False)))
+        dims = tuple(self.comma_list("]", lambda: self.number(False)))
+        plain = self.make(lambda: TensorType(dims, dtype), pos)
         if not self.peek("{"):
-            return TensorType(shape, dtype)
+            return plain
+        shape = plain.shape
         self.next("punct", "{")
         fields: dict = {}
 
@@ -248,6 +257,8 @@ class _Parser:
         if "scale" not in fields or "zp" not in fields:
             self.fail("a quantization annotation needs scale= and zp=", pos)
         axis, group = fields.get("axis"), fields.get("group_size")
+        if group is not None and group < 1:
+            self.fail(f"group_size={group} must be positive", pos)
         if axis is None:
             qshape = ()
         elif not -len(shape) <= axis < len(shape):
@@ -260,15 +271,13 @@ class _Parser:
         arrays = {}
         for key, dt in (("scale", "f32"), ("zp", "i32")):
             self.i = fields[key][0]
-            if axis is None and self.tokens[self.i][0] == "number":
-                arrays[key] = np.array(self.number(dt == "f32"), dtype=numpy_dtype(dt))
+            kind, _, value_pos = self.tokens[self.i]
+            if axis is None and kind == "number":
+                arrays[key] = self.stored([self.number(dt == "f32")], dt, value_pos)[0]
             else:
                 arrays[key] = self.array(dt, qshape)
         self.i = end
-        try:
-            quant = QuantParams(arrays["scale"], arrays["zp"], axis, group, fields.get("bits"))
-        except IRError as e:
-            self.fail(str(e), pos)
+        quant = self.make(lambda: QuantParams(arrays["scale"], arrays["zp"], axis, group, fields.get("bits")), pos)
         return TensorType(shape, dtype, quant)
 
     def _skip_array_or_number(self):
@@ -287,8 +296,12 @@ class _Parser:
             self.i += 1
             return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
         if kind == "string":
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                self.fail(f"invalid string literal: {e.msg}; strings are JSON strings (escape with \\)")
             self.i += 1
-            return json.loads(text)
+            return value
         if text in ("true", "false"):
             self.i += 1
             return text == "true"
@@ -307,7 +320,7 @@ class _Parser:
             pos = self.tokens[self.i][2]
             name = self.next("value")[1:]
             self.next("punct", ":")
-            self.define(lambda: g.add_input(name, self.type()), pos)
+            self.make(lambda: g.add_input(name, self.type()), pos)
         self.comma_list(")", argument)
         self.next("punct", "{")
         while not self.peek("return"):
@@ -322,9 +335,10 @@ class _Parser:
             self.fail("unexpected text after the end of the graph")
         return g
 
-    def define(self, make, pos):
+    def make(self, build, pos):
+        """`build()`, its IRError reported at `pos` of the text."""
         try:
-            return make()
+            return build()
         except IRError as e:
             self.fail(str(e), pos)
 
@@ -348,7 +362,7 @@ class _Parser:
                 self.fail("a const defines exactly one value", pos)
             t = self.type()
             data = self.array(t.dtype, t.shape)
-            self.define(lambda: g.add_constant_value(names[0], t, data), pos)
+            self.make(lambda: g.add_constant_value(names[0], t, data), pos)
             return
         self.next("punct", "(")
         operands = self.comma_list(")", lambda: self.lookup(g))
@@ -368,7 +382,7 @@ class _Parser:
         for name in names:
             if g.has_value(name):
                 self.fail(f"%{name} is defined twice", pos)
-        op = self.define(lambda: g.add_op(kind, operands, attrs, types=types, names=names), kind_pos)
+        op = self.make(lambda: g.add_op(kind, operands, attrs, types=types, names=names), kind_pos)
         if [v.name for v in op.outputs] != names:
             self.fail(f"invalid result name among {', '.join('%' + n for n in names)}", pos)
 

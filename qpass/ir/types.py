@@ -24,6 +24,7 @@ _DTYPES = {
     "u4": (np.uint8, 4, False, False),
 }
 DTYPES = tuple(_DTYPES)
+_MAX_DIMENSION = np.iinfo(np.int64).max
 _FROM_NUMPY = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.int64): "i64",
                np.dtype(np.int32): "i32", np.dtype(np.int16): "i16", np.dtype(np.int8): "i8",
                np.dtype(np.uint8): "u8"}
@@ -177,9 +178,9 @@ class QuantParams:
             return None
         if not np.all(np.isfinite(self.scale)) or np.any(self.scale <= 0):
             return "scales must be finite and positive"
-        lo, hi = dtype_range(dtype, self.bits)
         if self.bits is not None and not 1 < self.bits <= dtype_bits(dtype):
             return f"bits={self.bits} does not fit the storage dtype {dtype}"
+        lo, hi = dtype_range(dtype, self.bits)
         if np.any(self.zero_point < lo) or np.any(self.zero_point > hi):
             return f"zero points must lie in [{lo}, {hi}] for {dtype}"
         if self.axis is None:
@@ -207,10 +208,15 @@ class TensorType:
     quant: Optional[QuantParams] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        try:
+            object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        except (TypeError, ValueError, OverflowError):
+            raise IRError(f"shape {self.shape!r} is not a tuple of integer dimensions") from None
         check_dtype(self.dtype)
         if any(d < 0 for d in self.shape):
             raise IRError(f"shape {self.shape} has a negative dimension; shapes must be static")
+        if any(d > _MAX_DIMENSION for d in self.shape):
+            raise IRError(f"shape {self.shape} has a dimension larger than 2**63 - 1")
 
     @property
     def rank(self) -> int:

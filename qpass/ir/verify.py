@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 from qpass.errors import IRError
-from qpass.ir.graph import Graph
+from qpass.ir.graph import Graph, Value
 from qpass.ir.ops import OPS, check_result_types
 from qpass.ir.text import format_type
-from qpass.ir.types import MissingData
+from qpass.ir.types import MissingData, dtype_range
+
+
+def _value_problems(v: Value) -> list[str]:
+    """Problems of one value's type annotation and constant data."""
+    t = v.type
+    reason = t.quant.check(t.shape, t.dtype) if t.quant is not None else None
+    found = [f"%{v.name}: its type {format_type(t)} has a bad quantization annotation: {reason}"] if reason else []
+    if not v.is_constant or isinstance(v.data, MissingData):
+        return found
+    if v.data.shape != t.shape or v.data.dtype != t.numpy_dtype:
+        return found + [f"%{v.name}: constant data is {v.data.dtype}{list(v.data.shape)} but its type says {t}; "
+                        "rebuild it with graph.add_constant"]
+    bits = t.quant.bits if t.quant is not None and not reason else None
+    if v.data.size and (t.dtype in ("i4", "u4") or (bits and t.dtype in ("i8", "u8"))):
+        lo, hi = dtype_range(t.dtype, bits)
+        if v.data.min() < lo or v.data.max() > hi:
+            width = f"the {bits}-bit range" if bits else t.dtype
+            found.append(f"%{v.name}: constant values exceed {width} [{lo}, {hi}]")
+    return found
 
 
 def problems(graph: Graph) -> list[str]:
     """Every problem found, one line each, naming the op or value."""
-    found = []
-    for v in graph.values():
-        if v.type.quant is not None:
-            reason = v.type.quant.check(v.type.shape, v.type.dtype)
-            if reason:
-                found.append(f"%{v.name}: its type {format_type(v.type)} has a bad quantization annotation: "
-                             f"{reason}")
-        if v.is_constant and not isinstance(v.data, MissingData):
-            if v.data.shape != v.type.shape or v.data.dtype != v.type.numpy_dtype:
-                found.append(f"%{v.name}: constant data is {v.data.dtype}{list(v.data.shape)} but its type "
-                             f"says {v.type}; rebuild it with graph.add_constant")
-            elif v.type.dtype in ("i4", "u4", "i8", "u8") and v.type.quant and v.type.quant.bits:
-                lo, hi = (-(1 << (v.type.quant.bits - 1)), (1 << (v.type.quant.bits - 1)) - 1) \
-                    if v.type.dtype[0] == "i" else (0, (1 << v.type.quant.bits) - 1)
-                if v.data.size and (v.data.min() < lo or v.data.max() > hi):
-                    found.append(f"%{v.name}: constant values exceed the {v.type.quant.bits}-bit range [{lo}, {hi}]")
-            elif v.type.dtype in ("i4", "u4") and v.data.size:
-                lo, hi = (-8, 7) if v.type.dtype == "i4" else (0, 15)
-                if v.data.min() < lo or v.data.max() > hi:
-                    found.append(f"%{v.name}: {v.type.dtype} constant values exceed [{lo}, {hi}]")
+    found = [problem for v in graph.values() for problem in _value_problems(v)]
     try:
         ops = graph.ops
     except IRError as e:
@@ -50,6 +50,11 @@ def problems(graph: Graph) -> list[str]:
                                         [v.type for v in op.outputs])
         except IRError as e:
             reason = str(e)
+        except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+            # An inference rule that does not guard against these operands or attributes (e.g. parsed
+            # from a hand-edited .qir): still a malformed op, not a crash.
+            reason = (f"its operands or attributes do not fit {op.kind}: type inference failed with "
+                      f"{type(e).__name__}: {e}; check the attributes and operand shapes")
         if reason:
             found.append(f"{where}: {reason}")
     if not graph.outputs:

@@ -7,13 +7,14 @@ one input) or of .npz files (one per sample). Every problem is a clear error nam
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Union
 
 import numpy as np
 
 from qpass.errors import QpassError
-from qpass.ir.graph import Graph
+from qpass.ir.graph import Graph, Value
 
 
 class CalibrationError(QpassError):
@@ -21,6 +22,9 @@ class CalibrationError(QpassError):
 
 
 Samples = Union[str, Path, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
+
+# What numpy raises for a file that is not (or no longer) a readable .npy/.npz.
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def _from_path(path: Path, graph: Graph) -> list[dict]:
@@ -33,9 +37,11 @@ def _from_path(path: Path, graph: Graph) -> list[dict]:
                                    "with a leading sample axis using numpy.savez")
         try:
             with np.load(path) as data:
-                return _split(dict(data), graph, str(path))
-        except (OSError, ValueError) as e:
-            raise CalibrationError(f"cannot read calibration file {path}: {e}") from None
+                arrays = dict(data)
+        except _UNREADABLE as e:
+            raise CalibrationError(f"cannot read calibration file {path}: {e}. Save it again with numpy.savez "
+                                   "(input name -> array with a leading sample axis)") from None
+        return _split(arrays, graph, str(path))
     files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
     if not files:
         raise CalibrationError(f"calibration folder {path} holds no .npy or .npz files; add one file per sample")
@@ -50,13 +56,18 @@ def _from_path(path: Path, graph: Graph) -> list[dict]:
             else:
                 with np.load(f) as data:
                     samples.append(dict(data))
-        except (OSError, ValueError) as e:
-            raise CalibrationError(f"cannot read calibration sample {f}: {e}") from None
+        except _UNREADABLE as e:
+            raise CalibrationError(f"cannot read calibration sample {f}: {e}. Save it again with numpy.save "
+                                   "(.npy) or numpy.savez (.npz)") from None
     return samples
 
 
 def _split(batched: Mapping[str, np.ndarray], graph: Graph, source: str) -> list[dict]:
-    counts = {name: len(np.asarray(a)) if np.asarray(a).ndim else 0 for name, a in batched.items()}
+    scalars = sorted(name for name, a in batched.items() if np.ndim(a) == 0)
+    if scalars:
+        raise CalibrationError(f"calibration data {source}: {', '.join(map(repr, scalars))} is a single number, "
+                               "not an array with a leading sample axis; give arrays of shape [samples, *input shape]")
+    counts = {name: len(np.asarray(a)) for name, a in batched.items()}
     if len(set(counts.values())) > 1:
         raise CalibrationError(f"calibration data {source}: inputs have different sample counts {counts}")
     n = next(iter(counts.values()), 0)
@@ -88,6 +99,7 @@ def load_calibration(data: Samples, graph: Graph) -> list[dict]:
 
 
 def check_samples(samples: list[dict], graph: Graph) -> None:
+    """Check every sample against the graph's inputs (names, dtype, shape, finite values); casts in place."""
     if not samples:
         raise CalibrationError("the calibration data is empty; give at least one sample per input "
                                f"({', '.join(v.name for v in graph.inputs)})")
@@ -98,19 +110,23 @@ def check_samples(samples: list[dict], graph: Graph) -> None:
             raise CalibrationError(f"calibration sample {i}: " + ("; ".join(
                 part for part in (f"missing input(s) {', '.join(missing)}" if missing else "",
                                   f"unknown name(s) {', '.join(extra)}" if extra else "") if part))
-                + f". The model takes {', '.join(sorted(names))}.")
+                + f". The model takes {', '.join(sorted(names))}: name each array after the input it feeds.")
         for value in graph.inputs:
-            array = np.asarray(sample[value.name])
-            if array.shape != value.type.shape:
-                raise CalibrationError(f"calibration sample {i}, input {value.name}: shape {list(array.shape)} "
-                                       f"does not match the model's {list(value.type.shape)}")
-            if array.dtype.kind not in "fiu" or (array.dtype.kind != "f") != (value.type.numpy_dtype.kind != "f"):
-                raise CalibrationError(f"calibration sample {i}, input {value.name}: dtype {array.dtype} does not "
-                                       f"fit the model's {value.type.dtype}")
-            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-                raise CalibrationError(f"calibration sample {i}, input {value.name}: contains NaN or Inf values; "
-                                       "clean the data before calibrating")
-            sample[value.name] = array.astype(value.type.numpy_dtype, copy=False)
+            _check_array(np.asarray(sample[value.name]), value, f"calibration sample {i}, input {value.name}")
+            sample[value.name] = np.asarray(sample[value.name]).astype(value.type.numpy_dtype, copy=False)
+
+
+def _check_array(array: np.ndarray, value: Value, where: str) -> None:
+    want = value.type
+    if array.dtype.kind not in "fiu" or (array.dtype.kind != "f") != (want.numpy_dtype.kind != "f"):
+        raise CalibrationError(f"{where}: dtype {array.dtype} does not fit the model's {want.dtype}; convert the "
+                               f"data to {want.numpy_dtype} as the model's preprocessing does")
+    if array.shape != want.shape:
+        raise CalibrationError(f"{where}: shape {list(array.shape)} does not match the model's {list(want.shape)}; "
+                               f"an .npz holds one array of shape [samples, {', '.join(map(str, want.shape))}] "
+                               "per input")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise CalibrationError(f"{where}: contains NaN or Inf values; clean the data before calibrating")
 
 
 def iterate(samples: list[dict], desc: str = "calibrating", quiet: bool = False) -> Iterator[dict]:
