@@ -57,6 +57,25 @@ def _load_tvm_module(stem: str) -> None:
     importlib.import_module(f"{package}.{stem}")
 
 
+def _dot_desc(lanes: int, a_dtype: str, c_scope: str = "global"):
+    """The description every x86/CUDA micro-kernel matches: C[i] += A[k] * B[i, k], k < 4, in int32."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=c_scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    return desc
+
+
 def _register_vnni():
     """AVX-512 VNNI: C[16] += A[4] (u8, broadcast) . B[16, 4] (s8) with one vpdpbusd (no saturation).
 
@@ -65,19 +84,6 @@ def _register_vnni():
     """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -92,7 +98,7 @@ def _register_vnni():
                 "int32x16", "llvm.x86.avx512.vpdpbusd.512", C.vload([0], "int32x16"), a_x64,
                 B.vload([0, 0], "int8x64"))
 
-    TensorIntrin.register(VNNI_DOT_16x4, desc, impl)
+    TensorIntrin.register(VNNI_DOT_16x4, _dot_desc(16, "uint8"), impl)
 
 
 def _register_avx2():
@@ -105,19 +111,6 @@ def _register_avx2():
     """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
-            for i, k in T.grid(8, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -135,7 +128,7 @@ def _register_avx2():
             C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
                 "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
 
-    TensorIntrin.register(AVX2_DOT_8x4, desc, impl)
+    TensorIntrin.register(AVX2_DOT_8x4, _dot_desc(8, "int8"), impl)
 
 
 def _register_smmla():
@@ -183,19 +176,6 @@ def _register_dp4a():
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=4)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i, k in T.grid(4, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=4)
         B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=4)
@@ -207,4 +187,4 @@ def _register_dp4a():
                 C[i] += T.call_pure_extern("int32", "__dp4a", A.vload([0], "int8x4"), B.vload([i, 0], "int8x4"),
                                            T.int32(0))
 
-    TensorIntrin.register(DP4A_GLOBAL, desc, impl)
+    TensorIntrin.register(DP4A_GLOBAL, _dot_desc(4, "int8", "local"), impl)
