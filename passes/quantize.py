@@ -47,24 +47,28 @@ class Quantize(Pass):
     weight_clip: Literal["auto", "max", "mse"] = option(
         "auto", "weight range: max |w|, the least-squared-error bound, or auto (mse below 8 bits)")
     keep_float: list[str] = option([], "op name patterns (fnmatch) whose weights stay float")
+    keep_int8: list[str] = option([], "op name patterns (fnmatch), or first / last (the first / last conv or "
+                                      "dense in program order), whose weights stay 8-bit")
 
     def run(self, graph, ctx):
         ranges = ctx.analyses.get("ranges")
         if ranges is None:
             raise PassError("quantize needs activation ranges: run range-analysis before it in the pipeline")
-        weight_dtype = "i4" if self.weight_bits <= 4 else "i8"
         changed = False
+        kept_int8 = self.int8_layers(graph)
         for op in graph.ops:
             if op.kind not in WEIGHTED_KINDS or any(fnmatch(op.name, p) for p in self.keep_float):
                 continue
             weight = op.inputs[1]
             if not weight.is_constant or not is_float(weight.type.dtype):
                 continue
+            bits = 8 if op.name in kept_int8 else self.weight_bits
+            weight_dtype = "i4" if bits <= 4 else "i8"
             granularity = self.weights if (self.weights != "per-group" or op.kind == "dense") else "per-channel"
-            clip = self.weight_clip if self.weight_clip != "auto" else ("mse" if self.weight_bits < 8 else "max")
+            clip = self.weight_clip if self.weight_clip != "auto" else ("mse" if bits < 8 else "max")
             params = weight_params(weight.data, weight_dtype, granularity,
                                    axis=1 if granularity == "per-group" else 0, group_size=self.group_size,
-                                   bits=self.weight_bits if self.weight_bits not in (4, 8) else None, clip=clip)
+                                   bits=bits if bits not in (4, 8) else None, clip=clip)
             q = graph.add_op("quantize", [weight], types=[TensorType(weight.type.shape, weight_dtype, params)],
                              names=[weight.name + ".q"], before=op)
             dq = graph.add_op("dequantize", [q.output], names=[weight.name + ".dq"], before=op)
@@ -94,3 +98,13 @@ class Quantize(Pass):
             insert_fake_quant(graph, value, params, self.activation_dtype)
             changed = True
         return PassResult(graph, changed)
+
+    def int8_layers(self, graph) -> set[str]:
+        """Names of the conv/dense ops that keep-int8 names (first / last, or by pattern)."""
+        layers = [op.name for op in graph.ops if op.kind in WEIGHTED_KINDS]
+        chosen = {name for name in layers if any(fnmatch(name, p) for p in self.keep_int8)}
+        if layers and "first" in self.keep_int8:
+            chosen.add(layers[0])
+        if layers and "last" in self.keep_int8:
+            chosen.add(layers[-1])
+        return chosen

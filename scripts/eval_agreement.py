@@ -6,6 +6,7 @@ the FP32 logits: top-1 agreement, agreement on crops where FP32's softmax top-1 
 top-1 inside the quantized top-5, and logit SQNR (10 log10 sum ref^2 / sum (ref - q)^2).
 
     python scripts/eval_agreement.py [--calib 64] [--eval 220] [--method percentile] [--bits 8 mixed]
+        [--cle] [--adaround] [--keep-int8 first last] [--no-bias-correction]
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default="percentile")
     parser.add_argument("--bits", nargs="+", default=["8", "mixed"])
     parser.add_argument("--budget", type=float, default=0.6)
+    parser.add_argument("--cle", action="store_true", help="cross-layer equalization (equalize-cross-layer) first")
+    parser.add_argument("--adaround", action="store_true", help="learn the weight rounding (adaround)")
+    parser.add_argument("--no-bias-correction", action="store_true", help="leave out correct-bias")
+    parser.add_argument("--keep-int8", nargs="*", default=[], metavar="PATTERN",
+                        help="layers whose weights stay 8-bit under --bits 4: first, last or op name patterns")
     parser.add_argument("--ort", action="store_true", help="also measure onnxruntime's static int8")
     parser.add_argument("--qdq", action="store_true", help="fold onnxruntime's QDQ model with qpass and compare "
                         "it with onnxruntime running that same model")
@@ -131,14 +137,20 @@ def main(argv=None) -> int:
                "method": args.method, "float_weight_bytes": weight_bytes(graph), "runs": {}}
     for bits in args.bits:
         bits = int(bits) if bits.isdigit() else bits
+        keep_int8 = args.keep_int8 if bits == 4 else []
+        pipeline = qpass.quantization_pipeline(bits, args.method, budget=args.budget,
+                                               bias_correction=not args.no_bias_correction, cle=args.cle,
+                                               adaround=args.adaround, keep_int8=keep_int8)
         start = time.perf_counter()
-        q = qpass.quantize(graph, [{"input": c} for c in calib], bits=bits, method=args.method, budget=args.budget,
-                           quiet=True)
+        q = qpass.quantize(graph, [{"input": c} for c in calib], pipeline=pipeline, quiet=True)
         seconds = time.perf_counter() - start
         figures = metrics(reference, run(q, evals))
-        figures.update(quantize_seconds=round(seconds, 1), weight_bytes=weight_bytes(q))
-        results["runs"][f"qpass W{bits}A8"] = figures
-        print(f"qpass W{bits}A8: {json.dumps(figures)}", flush=True)
+        figures.update(quantize_seconds=round(seconds, 1), weight_bytes=weight_bytes(q), pipeline=pipeline)
+        label = f"qpass W{bits}A8" + "".join(f" {name}" for name, on in [
+            ("+CLE", args.cle), ("+AdaRound", args.adaround), ("-bias-correction", args.no_bias_correction),
+            (f"(8-bit: {' '.join(keep_int8)})", keep_int8)] if on)
+        results["runs"][label] = figures
+        print(f"{label}: {json.dumps(figures)}", flush=True)
     if args.ort or args.qdq:
         qdq_path, ort_run, ort_literal_run = ort_static_int8(Path(args.model), calib)
         ort_logits = ort_run(evals)
