@@ -95,6 +95,16 @@ def load_model(path: str, input_shapes: Optional[list[str]] = None):
     return graph
 
 
+def add_quantization_options(parser: argparse.ArgumentParser, calib_required: bool = True) -> None:
+    """--calib, --bits and --method, shared by the commands that quantize."""
+    parser.add_argument("--calib", required=calib_required, metavar="PATH",
+                        help="calibration data: an .npz (input name -> array with a leading sample axis) "
+                             "or a folder of .npy / .npz samples")
+    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
+    parser.add_argument("--method", default="percentile",
+                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+
+
 @command("show", "print the IR of an ONNX model or .qir file")
 def _show(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
@@ -182,12 +192,7 @@ def _opt(parser):
 @command("quantize", "quantize a float model to integer IR with calibration data (no TVM involved)")
 def _quantize(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
-    parser.add_argument("--calib", required=True, metavar="PATH",
-                        help="calibration data: an .npz (input name -> array with a leading sample axis) "
-                             "or a folder of .npy / .npz samples")
-    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
-    parser.add_argument("--method", default="percentile",
-                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+    add_quantization_options(parser)
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
@@ -243,11 +248,8 @@ def _compile(parser):
     parser.add_argument("--mcpu", help="x86 CPU, e.g. cascadelake for AVX-512 VNNI")
     parser.add_argument("--mattr", help="aarch64 features, e.g. +neon,+dotprod,+i8mm")
     parser.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
-    parser.add_argument("--calib", metavar="PATH", help="calibration data for float models (.npz, or a folder "
-                        "of .npy/.npz samples); its first sample also checks and times the artifact")
-    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
-    parser.add_argument("--method", default="percentile",
-                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+    add_quantization_options(parser, calib_required=False)    # float models need --calib; its first sample
+    # also checks and times the artifact
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pass pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from qpass.cli import command, load_model
+from qpass.cli import add_quantization_options, command, load_model
 from qpass.errors import QpassError
 from qpass.interpreter import interpret, run_op
 from qpass.ir.graph import Graph, Op, Value
@@ -286,12 +286,7 @@ def _check_outdir(path: str) -> None:
 @command("debug", "find the layers that cost a quantized model its accuracy (JSON + SVG charts)")
 def _debug(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
-    parser.add_argument("--calib", required=True, metavar="PATH",
-                        help="calibration data: an .npz (input name -> array with a leading sample axis) "
-                             "or a folder of .npy / .npz samples")
-    parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
-    parser.add_argument("--method", default="percentile",
-                        choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+    add_quantization_options(parser)
     parser.add_argument("--samples", type=int, default=8, help="calibration samples used to measure")
     parser.add_argument("--pipeline", "-p", help="debug this pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
