@@ -11,7 +11,6 @@ timed), and the aarch64 build under qemu-aarch64 when it is installed.
 from __future__ import annotations
 
 import sys
-import time
 from importlib import resources
 
 import numpy as np
