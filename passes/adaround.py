@@ -16,8 +16,7 @@ from qpass.interpreter import evaluate, run_op
 from qpass.interpreter.float_kernels import _windows
 from qpass.ir.graph import Graph, Op
 from qpass.ir.types import dtype_range
-from qpass.passes.equalize_cross_layer import set_bias
-from qpass.quant import quantized_weight
+from qpass.quant import quantized_weight, set_bias
 from qpass.quant.calibration import check_samples
 
 ZETA, GAMMA = 1.1, -0.1                     # the rectified sigmoid's stretch: h reaches 0 and 1 exactly
@@ -256,7 +255,8 @@ class AdaRound(Pass):
         if self.correct_bias and any(len(layer.op.inputs) == 2 for layer in layers):
             for layer in layers:
                 if len(layer.op.inputs) == 2:                     # a zero bias to correct
-                    set_bias(graph, layer.op, np.zeros(layer.op.inputs[1].type.shape[0], np.float32))
+                    set_bias(graph, layer.op, np.zeros(layer.op.inputs[1].type.shape[0], np.float32),
+                             layer.op.name + ".bias_equalized")
             layers = Layer.find(graph)
         reference = without_fake_quant(graph)
         float_ops = {op.name: op for op in reference.ops}

@@ -7,7 +7,7 @@ import numpy as np
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import evaluate, interpret
-from qpass.quant import WEIGHTED_KINDS, quantized_weight
+from qpass.quant import WEIGHTED_KINDS, quantized_weight, set_bias
 from qpass.quant.calibration import iterate
 
 def weight_error(graph, op):
@@ -64,15 +64,6 @@ class CorrectBias(Pass):
             for op, _ in ops:
                 correction = sums[id(op)] / len(used)
                 bias = op.inputs[2].data.astype(np.float64) if len(op.inputs) == 3 else 0.0
-                new = graph.add_constant((bias + correction).astype(np.float32), op.name + ".bias_corrected")
-                if len(op.inputs) == 3:
-                    graph.set_input(op, 2, new)
-                else:
-                    replacement = graph.add_op(op.kind, [*op.inputs, new], op.attrs, types=[op.output.type],
-                                               names=[op.name + ".corrected"], before=op)
-                    name = op.output.name
-                    graph.replace_all_uses(op.output, replacement.output)
-                    graph.remove_op(op)
-                    graph.rename(replacement.output, name)
+                set_bias(graph, op, (bias + correction).astype(np.float32), op.name + ".bias_corrected")
         graph.remove_dead()
         return PassResult(graph, True)

@@ -17,7 +17,7 @@ from qpass.errors import PassError
 from qpass.interpreter import interpret
 from qpass.ir.graph import Graph, Op
 from qpass.ir.types import is_float
-from qpass.quant import WEIGHTED_KINDS
+from qpass.quant import WEIGHTED_KINDS, set_bias
 from qpass.quant.calibration import iterate
 
 # Activations that are the identity on [0, inf) and positive-homogeneous: f(x / s) = f(x) / s for s > 0.
@@ -180,23 +180,9 @@ class Layers:
                 changed = True
             old_bias = op.inputs[2].data if len(op.inputs) == 3 else np.zeros_like(bias)
             if not np.array_equal(bias, old_bias):
-                set_bias(graph, op, bias)
+                set_bias(graph, op, bias, op.name + ".bias_equalized")
                 changed = True
         return changed
-
-
-def set_bias(graph: Graph, op: Op, bias: np.ndarray) -> None:
-    """Give `op` this bias; an op without one is rebuilt with a bias operand under the same name."""
-    constant = graph.add_constant(bias, op.name + ".bias_equalized")
-    if len(op.inputs) == 3:
-        graph.set_input(op, 2, constant)
-        return
-    replacement = graph.add_op(op.kind, [*op.inputs, constant], op.attrs, types=[op.output.type],
-                               names=[op.name + ".biased"], before=op)
-    name = op.output.name
-    graph.replace_all_uses(op.output, replacement.output)
-    graph.remove_op(op)
-    graph.rename(replacement.output, name)
 
 
 def replace_relu6(graph: Graph, pairs: list[Pair]) -> bool:

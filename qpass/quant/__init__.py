@@ -21,6 +21,21 @@ def quantized_weight(graph, op):
         return source if source.is_constant else None
     return source if producer.kind == "quantize" and producer.inputs[0].is_constant else None
 
+def set_bias(graph, op, bias, name: str) -> None:
+    """Give conv/dense `op` the constant `bias` (named `name`); an op without a bias operand is
+    rebuilt with one, keeping its result's name."""
+    constant = graph.add_constant(bias, name)
+    if len(op.inputs) == 3:
+        graph.set_input(op, 2, constant)
+        return
+    replacement = graph.add_op(op.kind, [*op.inputs, constant], op.attrs, types=[op.output.type],
+                               names=[op.name + ".biased"], before=op)
+    result = op.output.name
+    graph.replace_all_uses(op.output, replacement.output)
+    graph.remove_op(op)
+    graph.rename(replacement.output, result)
+
+
 # Float op kinds that fold-fake-quant turns into integer ops. `quantize` only fake-quantizes values
 # that such an op produces or reads: elsewhere a quantize/dequantize pair would only add error.
 TABLE_KINDS = frozenset({"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "gelu",
