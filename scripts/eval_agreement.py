@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import qpass
+from qpass.compiler import weight_bytes
 from qpass.images import load_images, random_crops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,17 +47,6 @@ def metrics(reference: np.ndarray, quantized: np.ndarray) -> dict:
 def run(graph, crops) -> np.ndarray:
     name = graph.inputs[0].name
     return np.concatenate([next(iter(qpass.interpret(graph, {name: c}).values())) for c in crops])
-
-
-def weight_bytes(graph) -> int:
-    """Bytes of the conv/dense weights as deployed (int4 packed two per byte)."""
-    total = 0
-    for op in graph.ops:
-        if op.kind in ("conv2d", "dense", "qconv2d", "qdense") and op.inputs[1].is_constant:
-            t = op.inputs[1].type
-            bits = {"f32": 32, "f16": 16, "i4": 4, "u4": 4}.get(t.dtype, 8)
-            total += (t.size * bits + 7) // 8
-    return total
 
 
 def layer_local_differences(literal, folded, crop) -> tuple[int, int, int]:
