@@ -1,25 +1,22 @@
-"""qpass's own tensor intrinsics, where TVM 0.27 has none that works here: exact AVX2 s8 x s8, AVX-512
-VNNI for LLVM 22's vpdpbusd signature, ARM smmla, CUDA dp4a on global/local buffers. TVM's own sdot
-is imported from its module only when needed (`tvm.s_tir.tensor_intrin` as a package takes about
-a minute to import).
+"""qpass's tensor intrinsics: exact AVX2 s8 x s8, AVX-512 VNNI (for LLVM 22's vpdpbusd signature),
+ARM sdot and smmla, CUDA dp4a.
 
 Every intrinsic computes C[i] += sum_k A[k] * B[i, k] in int32 (smmla: C[i, j] += A[i, k] * B[j, k])
-and is exact: no intermediate saturation for any operand the kernels hand it.
+and is exact: no intermediate saturation for any operand the kernels hand it. The accumulator C is
+a register tile (scope "local"): the schedules keep a kernel's accumulators in registers. TVM 0.27
+ships sdot and a VNNI intrinsic, but with global-scope accumulators (and its VNNI one no longer
+builds), so all of them are written here.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
-import types
-from pathlib import Path
 
 AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
 SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
 DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
 VNNI_DOT_16x4 = "qpass_vnni_dot_16x4_u8s8s32"
-SDOT_4x4 = "dot_4x4_i8i8s32_sdot"
+SDOT_4x4 = "qpass_sdot_4x4_s8s8s32"
 
 
 @functools.cache
@@ -28,7 +25,7 @@ def register(name: str) -> str:
     if name == VNNI_DOT_16x4:
         _register_vnni()
     elif name == SDOT_4x4:
-        _load_tvm_module("arm_cpu")
+        _register_sdot()
     elif name == AVX2_DOT_8x4:
         _register_avx2()
     elif name == SMMLA_2x2x8:
@@ -40,24 +37,7 @@ def register(name: str) -> str:
     return name
 
 
-def _load_tvm_module(stem: str) -> None:
-    """Import TVM's tvm.s_tir.tensor_intrin.<stem>, which registers its intrinsics on import.
-
-    The package's __init__ imports every target's intrinsics (CUDA's take most of a minute here)
-    and does nothing else; when it has not run yet, the package is entered as a plain namespace
-    so that importing one submodule costs a fraction of a second.
-    """
-    package = "tvm.s_tir.tensor_intrin"
-    if package not in sys.modules:
-        import tvm.s_tir
-        namespace = types.ModuleType(package)
-        namespace.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-        namespace.__package__ = package
-        sys.modules[package] = namespace
-    importlib.import_module(f"{package}.{stem}")
-
-
-def _dot_desc(lanes: int, a_dtype: str, c_scope: str = "global"):
+def _dot_desc(lanes: int, a_dtype: str, c_scope: str = "local"):
     """The description every x86/CUDA micro-kernel matches: C[i] += A[k] * B[i, k], k < 4, in int32."""
     from tvm.script import tirx as T
 
@@ -89,7 +69,7 @@ def _register_vnni():
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
         B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
@@ -116,7 +96,7 @@ def _register_avx2():
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), "int8", offset_factor=1)
         B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:8], A[0:4], B[0:8, 0:4])
             T.writes(C[0:8])
@@ -131,6 +111,27 @@ def _register_avx2():
     TensorIntrin.register(AVX2_DOT_8x4, _dot_desc(8, "int8"), impl)
 
 
+def _register_sdot():
+    """ARM dotprod: C[4] += A[4] (broadcast) . B[4, 4] with one sdot."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a_x16 = T.reinterpret("int8x16", T.broadcast(T.reinterpret("int32", A.vload([0], "int8x4")), 4))
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C.vload([0], "int32x4"), a_x16,
+                B.vload([0, 0], "int8x16"))
+
+    TensorIntrin.register(SDOT_4x4, _dot_desc(4, "int8"), impl)
+
+
 def _register_smmla():
     """ARM i8mm: C[2, 2] += A[2, 8] . B[2, 8]^T with one smmla (A rows may be strided)."""
     from tvm.s_tir import TensorIntrin
@@ -141,7 +142,7 @@ def _register_smmla():
         sa, sc = T.int32(), T.int32()
         A = T.match_buffer(a, (2, 8), "int8", strides=[sa, 1], offset_factor=1)
         B = T.match_buffer(b, (2, 8), "int8", offset_factor=1)
-        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
             T.writes(C[0:2, 0:2])
@@ -155,7 +156,7 @@ def _register_smmla():
         sa, sc = T.int32(), T.int32()
         A = T.match_buffer(a, (2, 8), "int8", strides=[sa, 1], offset_factor=1)
         B = T.match_buffer(b, (2, 8), "int8", offset_factor=1)
-        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", strides=[sc, 1], offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
             T.writes(C[0:2, 0:2])

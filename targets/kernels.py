@@ -35,6 +35,7 @@ class Epilogue:
     lo: int
     hi: int
     dtype: str                       # TVM dtype of the result
+    narrow: bool = False             # acc + bias fits int32 and 33 <= shift <= 63: see apply
 
     @classmethod
     def of(cls, op, channels: int) -> Optional["Epilogue"]:
@@ -52,9 +53,29 @@ class Epilogue:
         return cls(multiplier.copy(), shift.copy(), int(out.quant.zero_point.reshape(-1)[0]), int(lo), int(hi),
                    TVM_DTYPES[out.dtype])
 
+    def shift_argument(self) -> np.ndarray:
+        """The per-channel shifts the kernel takes: s, or s - 32 when narrow.
+
+        (Subtracting inside the kernel would be the same arithmetic, but TVM's bound analysis
+        mis-handles `x >> (s - 32)` for a loaded s and drops the clamp after it.)
+        """
+        return self.shift - 32 if self.narrow else self.shift
+
     def apply(self, value, channel, m, s):
-        """TE expression: clamp(((v * m + 2^(s-1)) >> s) + zp) for an int64 `value`."""
+        """TE expression: clamp(((v * m + 2^(s-1)) >> s) + zp) for an int64 `value` (int32 if narrow).
+
+        Narrow: with v * m = H * 2^32 + L (H the signed high word, 0 <= L < 2^32) and s >= 33,
+        floor((v * m + 2^(s-1)) / 2^s) = floor((H + 2^(s-33)) / 2^(s-32)), because L / 2^32 < 1
+        cannot carry past an integer numerator. So one 32x32->64 multiply (vpmuldq) and 32-bit
+        lanes do the whole epilogue exactly, instead of int64 arithmetic that AVX2 emulates.
+        """
         from tvm import tirx
+        if self.narrow:                # s holds shift - 32 here (see shift_argument)
+            ss = s[channel]
+            high = ((value.astype("int64") * m[channel].astype("int64")) >> tirx.const(32, "int64")).astype("int32")
+            r = (high + (tirx.const(1, "int32") << (ss - 1))) >> ss
+            r = r + tirx.const(self.zero_point, "int32")
+            return tirx.max(tirx.min(r, tirx.const(self.hi, "int32")), tirx.const(self.lo, "int32")).astype(self.dtype)
         v = value
         mm, ss = m[channel].astype("int64"), s[channel].astype("int64")
         r = (v * mm + (tirx.const(1, "int64") << (ss - tirx.const(1, "int64")))) >> ss
@@ -95,7 +116,7 @@ class ConvPlan:
     lanes: int
     reduction: int
     weight: np.ndarray               # packed, see pack_* below
-    bias: np.ndarray                 # int32 [OC], zero points folded in
+    bias: np.ndarray                 # int32 [OC] (gemm: padded to whole blocks), zero points folded in
     epilogue: Optional[Epilogue]
     int4: bool = False
     micro_kernel: Optional[str] = None
@@ -141,9 +162,14 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
     x_dtype = TVM_DTYPES[x.type.dtype]
     int4 = w.type.dtype in ("i4", "u4") or (w.type.quant.bits or 8) <= 4
     fits = wc.min() >= -128 and wc.max() <= 127
+    lo, hi = dtype_range(x.type.dtype)
+    reach = np.abs(wc).reshape(oc, -1).sum(1, dtype=np.int64) * max(abs(lo), abs(hi)) + np.abs(bias)
+    epilogue = Epilogue.of(op, oc)
+    if epilogue is not None:
+        epilogue.narrow = bool(reach.max() < 2 ** 31 and epilogue.shift.min() >= 33 and epilogue.shift.max() <= 63)
     common = dict(name=op.name, in_shape=in_shape, out_shape=out_shape, kernel=(kh, kw), strides=strides,
                   dilations=dilations, pads=pads, groups=groups, x_dtype=x_dtype, pad_value=zx,
-                  bias=bias.astype(np.int32), epilogue=Epilogue.of(op, oc))
+                  bias=bias.astype(np.int32), epilogue=epilogue)
     if groups == 1 and fits:
         micro = _micro_kernel(spec, x_dtype, wc, out_shape, strides[1])
         if micro is not None:
@@ -151,6 +177,7 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
             packed = pack_blocks(wc, lanes, reduction)
             if int4:
                 packed = pack_int4(packed)
+            common["bias"] = np.pad(common["bias"], (0, packed.shape[0] * lanes - oc))
             return ConvPlan(kind="gemm", lanes=lanes, reduction=reduction, weight=packed, int4=int4,
                             micro_kernel=micro, **common)
     if groups == in_shape[3] == oc and icg == 1 and fits:
@@ -272,8 +299,19 @@ def conv_compute(plan: ConvPlan):
 
             def at(b, i, j, c):
                 return acc[b, i, j, c]
-        if plan.epilogue is None:
+        ep = plan.epilogue
+        if ep is None:
             return te.compute(plan.out_shape, lambda b, i, j, c: at(b, i, j, c) + bias[c], name="out")
-        return te.compute(plan.out_shape, lambda b, i, j, c: plan.epilogue.apply(
+        if ep.narrow:
+            return te.compute(plan.out_shape, lambda b, i, j, c: ep.apply(_add_wrapping(at(b, i, j, c), bias[c]), c,
+                                                                          m, s), name="out")
+        return te.compute(plan.out_shape, lambda b, i, j, c: ep.apply(
             at(b, i, j, c).astype("int64") + bias[c].astype("int64"), c, m, s), name="out")
     return kernel
+
+
+def _add_wrapping(a, b):
+    """a + b for int32 values whose sum is known to fit: added as uint32 so that LLVM, which may
+    widen a signed (nsw) sum operand by operand, sees a plain 32-bit value when the epilogue
+    sign-extends it, and multiplies it with one vpmuldq instead of a 64-bit multiply."""
+    return (a.astype("uint32") + b.astype("uint32")).astype("int32")

@@ -172,7 +172,7 @@ class Lowering:
     def _conv_args(self, plan: ConvPlan, x_expr):
         ep = plan.epilogue
         m = self.const(ep.multiplier if ep else np.zeros(1), "int32")
-        s = self.const(ep.shift if ep else np.zeros(1), "int32")
+        s = self.const(ep.shift_argument() if ep else np.zeros(1), "int32")
         return [x_expr, self.const(plan.weight, str(plan.weight.dtype)), self.const(plan.bias, "int32"), m, s]
 
     def op_qconv2d(self, op):

@@ -1,10 +1,10 @@
 """qpass's schedules for its kernels: tiling, parallel loops, vectorized epilogues, and tensorization
 with the target's dot-product intrinsic (targets.intrinsics).
 
-CPU conv/dense (the "gemm" kernels): a tile of `ow_tile` output pixels x `lanes` output channels
-stays in registers while the reduction (kernel rows, columns, input-channel blocks) runs; the
+CPU conv/dense (the "gemm" kernels): a register tile of output pixels x blocks of `lanes` output
+channels accumulates while the reduction (kernel rows, columns, input-channel blocks) runs; the
 micro-kernel computes lanes x reduction products per call; the requantizing epilogue runs on the
-tile right after (reverse_compute_at), so the int32 accumulator never leaves the tile. The outer
+tile right after (reverse_compute_at), so the int32 accumulator never reaches memory. The outer
 loops are fused and parallel. CUDA: a thread per pixel and 4 output channels, dp4a over input
 channels.
 """
@@ -44,28 +44,55 @@ def schedule_cpu_conv(sch, plan: ConvPlan):
     _cpu_pad(sch)
 
 
+# Register tile limits per micro-kernel: (most accumulators, most output-channel blocks). AVX2 has
+# 16 ymm registers and its sign trick needs four of them for temporaries; AVX-512 and NEON have 32.
+REGISTER_TILES = {"avx2": (8, 2), "vnni": (24, 4), "sdot": (24, 4), "smmla": (16, 4)}
+
+
+def register_tile(micro_kernel: str, pixels: int, blocks: int) -> tuple[int, int]:
+    """(pixels, output-channel blocks) of the tile kept in registers: dividing the layer exactly,
+    within the register budget, with the fewest operand loads per multiply-accumulate."""
+    most, most_blocks = REGISTER_TILES[micro_kernel]
+    best = (1, 1)
+    for px in range(1, min(pixels, 8) + 1):
+        for ob in range(1, min(blocks, most_blocks) + 1):
+            if pixels % px or blocks % ob or px * ob > most:
+                continue
+            if (px * ob / (px + ob), px * ob) > (best[0] * best[1] / sum(best), best[0] * best[1]):
+                best = (px, ob)
+    return best
+
+
 def _cpu_gemm(sch, plan: ConvPlan):
+    """A px x ob register tile: px output pixels x ob blocks of `lanes` channels accumulate in
+    registers (local scope, fully unrolled) over kernel rows, columns and input-channel blocks;
+    each broadcast activation meets ob weight vectors and each weight vector px activations."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     b, i, j, o, p, lane, rh, rw, ro, ri = sch.get_loops(acc)
-    pixels = sch.get(j).extent                      # output columns (in pairs for smmla)
-    jo, ji = sch.split(j, [None, _divisor(int(pixels), 8 // int(sch.get(p).extent))])
+    px, ob = register_tile(plan.micro_kernel, _extent(sch, j), _extent(sch, o))
+    jo, ji = sch.split(j, [None, px])
+    oo, oi = sch.split(o, [None, ob])
     if plan.int4:                      # unpack each weight block once: output-channel blocks outermost
-        sch.reorder(o, b, i, jo, rh, rw, ro, ji, p, lane, ri)
-        outer = o
-        sch.compute_at(sch.get_sblock("unpack_int4"), o)
+        sch.reorder(oo, b, i, jo, rh, rw, ro, ji, oi, p, lane, ri)
+        outer = oo
+        sch.compute_at(sch.get_sblock("unpack_int4"), oo)
     else:
-        sch.reorder(b, i, jo, o, rh, rw, ro, ji, p, lane, ri)
-        outer = sch.fuse(b, i, jo, o)
+        sch.reorder(b, i, jo, oo, rh, rw, ro, ji, oi, p, lane, ri)
+        outer = sch.fuse(b, i, jo, oo)
     sch.parallel(outer)
+    sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(out, jo if plan.int4 else outer)
     if plan.out_channels % plan.lanes == 0 and plan.lanes > 1:
-        sch.vectorize(sch.get_loops(out)[-1])
+        _, vec = sch.split(sch.get_loops(out)[-1], [None, plan.lanes])
+        sch.vectorize(vec)
     init = sch.decompose_reduction(acc, rh)
     sch.vectorize(sch.get_loops(init)[-1])
     if plan.micro_kernel == "smmla":
         sch.tensorize(p, intrinsics.register(intrinsics.SMMLA_2x2x8))
     else:
         sch.tensorize(lane, intrinsics.register(CPU_INTRINSICS[plan.micro_kernel]))
+    sch.unroll(ji)
+    sch.unroll(oi)
 
 
 def _cpu_depthwise(sch, plan: ConvPlan):

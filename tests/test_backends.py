@@ -119,6 +119,24 @@ def test_weights_of_minus_128_fall_back_to_exact_loops():
     assert any("plain loops" in note for note in built.notes)
 
 
+
+@pytest.mark.parametrize("target", [HOST, VNNI], ids=["avx2", "vnni"])
+@pytest.mark.parametrize("shift", [None, 32], ids=["narrow", "wide"])
+def test_requantize_epilogue_narrow_and_wide(target, shift):
+    """The 32-bit epilogue (shift >= 33) and the int64 one (here shift 32) both equal the interpreter."""
+    from qpass.targets.kernels import conv_plan
+    graph = quantized(conv_graph(6, 16, 16, (7, 7), (3, 3)))
+    conv = graph.find_ops("qconv2d")[0]
+    if shift is not None:          # the same multiplier with less precision: m * 2^-s unchanged
+        s = np.asarray(conv.attrs["shift"], np.int64)
+        conv.attrs["multiplier"] = (np.asarray(conv.attrs["multiplier"], np.int64) >> (s - shift)).tolist()
+        conv.attrs["shift"] = [shift] * len(s)
+    built = build(graph, target)
+    plan = conv_plan(built.graph.find_ops("qconv2d")[0], target)
+    assert plan.epilogue.narrow == (shift is None)
+    if target.runnable_here()[0]:
+        assert_bit_exact(built)
+
 def test_legalized_u8_activations_equal_the_original(tmp_path):
     graph = quantized(conv_graph(3, 8, 8, (6, 6), (3, 3)))
     legal = qpass.run_passes(graph.copy(), "legalize-activations{dtype=u8}")
