@@ -281,10 +281,16 @@ def conv_compute(plan: ConvPlan):
             def at(b, i, j, c):
                 return acc[b, i, j // pair, c // lanes, j % pair, c % lanes]
         elif plan.kind == "depthwise":
-            acc = te.compute(
-                (n, oh, ow, oc),
-                lambda b, i, j, c: te.sum(xp[b, i * sh + rh * dh, j * sw + rw * dw, c].astype("int32")
-                                          * wp[rh, rw, c].astype("int32"), axis=[rh, rw]), name="acc")
+            def taps(b, i, j, c):      # the kh x kw taps written out: no reduction loop, no accumulator memory
+                total = None
+                for y in range(kh):
+                    for z in range(kw):
+                        # an int8 x int8 (or u8 x s8) product fits int16 exactly: vpmullw, then widen
+                        term = (xp[b, i * sh + y * dh, j * sw + z * dw, c].astype("int16")
+                                * wp[y, z, c].astype("int16")).astype("int32")
+                        total = term if total is None else total + term
+                return total
+            acc = te.compute((n, oh, ow, oc), taps, name="acc")
 
             def at(b, i, j, c):
                 return acc[b, i, j, c]

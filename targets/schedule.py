@@ -96,17 +96,22 @@ def _cpu_gemm(sch, plan: ConvPlan):
 
 
 def _cpu_depthwise(sch, plan: ConvPlan):
+    """The taps are one expression per output (no reduction loop); a row of `px` pixels x `width`
+    channels is unrolled and vectorized, so each tap's weight vector serves px pixels."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
-    b, i, j, c, rh, rw = sch.get_loops(acc)
-    sch.reorder(b, i, j, rh, rw, c)
-    outer = sch.fuse(b, i)
-    sch.parallel(outer)
-    sch.reverse_compute_at(out, j)
-    init = sch.decompose_reduction(acc, rh)
-    # The update's channel loop sits under the reduction loops, where TIR refuses `vectorize`;
-    # it is innermost and contiguous, so LLVM's loop vectorizer takes it.
-    for block in (init, out):
-        _vector_inner(sch, sch.get_loops(block)[-1], plan.out_channels)
+    sch.compute_inline(acc)
+    b, i, j, c = sch.get_loops(out)
+    width = _divisor(plan.out_channels, DEPTHWISE_WIDTH, 16 if plan.out_channels % 16 == 0 else 1)
+    px = _divisor(_extent(sch, j), 4)
+    co, ci = sch.split(c, [None, width])
+    jo, ji = sch.split(j, [None, px])
+    sch.reorder(b, i, co, jo, ji, ci)
+    sch.parallel(sch.fuse(b, i))
+    sch.unroll(ji)
+    sch.vectorize(ci)
+
+
+DEPTHWISE_WIDTH = 32
 
 
 def _cpu_plain(sch, plan: ConvPlan):
@@ -123,6 +128,7 @@ def _cpu_pad(sch):
         return
     loops = sch.get_loops(pad)
     sch.parallel(sch.fuse(loops[0], loops[1]))
+    _vector_inner(sch, loops[-1], _extent(sch, loops[-1]), 64)
 
 
 def schedule_cpu_elementwise(sch):
