@@ -151,6 +151,30 @@ def cuda_source(executable) -> str:
     return device.inspect_source("cuda") if device is not None else ""
 
 
+def physical_cores() -> int:
+    """Cores (not hyperthreads) among the CPUs this process may run on."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+def use_every_core() -> None:
+    """One TVM worker thread per physical core, unless TVM_NUM_THREADS says otherwise.
+
+    TVM's default is half the logical CPUs, which assumes two hyperthreads per core: on a machine
+    without SMT (such as a 2-vCPU cloud VM) it leaves half the cores idle. TVM reads the variable
+    when its thread pool starts (the first parallel kernel in the process), so this runs before
+    qpass creates a VM; it cannot resize a pool that other TVM code in the process already started.
+    """
+    os.environ.setdefault("TVM_NUM_THREADS", str(physical_cores()))
+
+
 class Artifact:
     """A compiled OUTDIR, loaded for running."""
 
@@ -208,6 +232,7 @@ class Artifact:
             import tvm
             from tvm import relax
             device = tvm.cuda(0) if self.spec.family == "cuda" else tvm.cpu(0)
+            use_every_core()
             library = tvm.runtime.load_module(str(self.dir / LIBRARY))
             self._vm = (relax.VirtualMachine(library, device)["main"], device)
         return self._vm

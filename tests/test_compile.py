@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import shutil
 import subprocess
@@ -115,3 +116,15 @@ def test_mobilenet_builds_for_every_family(mobilenet, target, options, kernel):
     built = build(mobilenet, resolve_target(target, **options))
     assert kernel in {k["schedule"] for k in built.kernels}
     assert not [n for n in built.notes if "failed" in n], built.notes
+
+
+def test_vm_uses_every_physical_core_unless_told(monkeypatch):
+    """TVM would start half the logical CPUs as workers; qpass asks for one per physical core."""
+    from qpass.targets.artifact import physical_cores, use_every_core
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    use_every_core()
+    assert os.environ["TVM_NUM_THREADS"] == str(physical_cores())
+    assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    use_every_core()
+    assert os.environ["TVM_NUM_THREADS"] == "1"
