@@ -133,6 +133,8 @@ def _cpu_pad(sch):
 
 def schedule_cpu_elementwise(sch):
     """Parallel outer loop, vectorized inner chunk, for each block of a simple elementwise kernel."""
+    if _quantize_to_nhwc(sch):
+        return
     for block in sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []:
         loops = sch.get_loops(block)
         if not loops or any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars):
@@ -145,6 +147,23 @@ def schedule_cpu_elementwise(sch):
             _vector_inner(sch, inner, 256)
         else:
             _vector_inner(sch, fused, extent)
+
+
+def _quantize_to_nhwc(sch) -> bool:
+    """A quantize that writes NHWC from NCHW floats with few channels (a network's input): rows in
+    parallel, each channel's row read contiguously and vectorized, written with a channel stride."""
+    try:
+        block = sch.get_sblock("quantize")
+    except Exception:                  # noqa: BLE001
+        return False
+    loops = sch.get_loops(block)
+    if len(loops) != 4 or _extent(sch, loops[3]) > 4:
+        return False
+    b, h, w, c = loops
+    sch.reorder(b, h, c, w)
+    sch.parallel(sch.fuse(b, h))
+    _vector_inner(sch, w, _extent(sch, w))
+    return True
 
 
 def _has_root(sch) -> bool:
