@@ -17,7 +17,8 @@ instruction sequence with 10-12 independent accumulators, no loads, best of many
     avx2       vpmaddubsw + vpmaddwd + vpaddd (ymm): 32 MACs per group; two vector multiply ports
                (p0, p1) issue the two multiplies of one group per cycle: 64 OP/cycle.
     avx2-sign  qpass's exact s8 x s8 sequence, vpabsb + vpsignb + the above: four p0/p1 uops per
-               32 MACs, 32 OP/cycle. The ceiling of qpass's AVX2 kernels, half the avx2 peak.
+               32 MACs, 32 OP/cycle, half the avx2 peak. In the kernels one vpabsb serves the 4
+               channel blocks of a tile (3.25 uops per 32 MACs), so they can pass it by ~20%.
     avx2-s16   vpmaddwd + vpaddd (ymm) on operands widened to int16, for reference: 16 exact MACs
                per vpmaddwd; with its vpaddd, two uops on the three vector ALU ports: 48 OP/cycle.
     vnni512    vpdpbusd zmm: 64 MACs per instruction, two per cycle on parts with two 512-bit FMA
