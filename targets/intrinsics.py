@@ -62,23 +62,29 @@ def _register_vnni():
     TVM 0.27 ships `dot_16x4_vnni`, but it calls llvm.x86.avx512.vpdpbusd.512 with <16 x i32>
     operands, which the LLVM inside the 0.27 wheels (v22) rejects: it takes <64 x i8> now.
     """
+    _register_broadcast_dot(VNNI_DOT_16x4, 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
+
+
+def _register_broadcast_dot(name: str, lanes: int, a_dtype: str, llvm_intrinsic: str):
+    """C[lanes] += A[4] . B[lanes, 4] with one instruction that takes (C, A broadcast to every
+    lane, B) as (int32 x lanes, int8 x 4*lanes, int8 x 4*lanes): vpdpbusd, sdot."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
+    c_vec, a_vec, bytes_vec = f"int32x{lanes}", f"{a_dtype}x4", f"int8x{4 * lanes}"
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_x64 = T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", A.vload([0], "uint8x4")), 16))
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                "int32x16", "llvm.x86.avx512.vpdpbusd.512", C.vload([0], "int32x16"), a_x64,
-                B.vload([0, 0], "int8x64"))
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_all = T.reinterpret(bytes_vec, T.broadcast(T.reinterpret("int32", A.vload([0], a_vec)), lanes))
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                c_vec, llvm_intrinsic, C.vload([0], c_vec), a_all, B.vload([0, 0], bytes_vec))
 
-    TensorIntrin.register(VNNI_DOT_16x4, _dot_desc(16, "uint8"), impl)
+    TensorIntrin.register(name, _dot_desc(lanes, a_dtype), impl)
 
 
 def _register_avx2():
@@ -113,23 +119,7 @@ def _register_avx2():
 
 def _register_sdot():
     """ARM dotprod: C[4] += A[4] (broadcast) . B[4, 4] with one sdot."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_x16 = T.reinterpret("int8x16", T.broadcast(T.reinterpret("int32", A.vload([0], "int8x4")), 4))
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C.vload([0], "int32x4"), a_x16,
-                B.vload([0, 0], "int8x16"))
-
-    TensorIntrin.register(SDOT_4x4, _dot_desc(4, "int8"), impl)
+    _register_broadcast_dot(SDOT_4x4, 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 def _register_smmla():
