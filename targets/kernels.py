@@ -116,7 +116,7 @@ class ConvPlan:
     lanes: int
     reduction: int
     weight: np.ndarray               # packed, see pack_* below
-    bias: np.ndarray                 # int32 [OC] (gemm: padded to whole blocks), zero points folded in
+    bias: np.ndarray                 # int32 [OC], zero points folded in
     epilogue: Optional[Epilogue]
     int4: bool = False
     micro_kernel: Optional[str] = None
@@ -177,7 +177,6 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
             packed = pack_blocks(wc, lanes, reduction)
             if int4:
                 packed = pack_int4(packed)
-            common["bias"] = np.pad(common["bias"], (0, packed.shape[0] * lanes - oc))
             return ConvPlan(kind="gemm", lanes=lanes, reduction=reduction, weight=packed, int4=int4,
                             micro_kernel=micro, **common)
     if groups == in_shape[3] == oc and icg == 1 and fits:
