@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from qpass import Pass, PassResult, register_pass
-from qpass.fixed_point import quantize_multiplier
+from qpass.ir.fixed_point import quantize_multiplier
 from qpass.interpreter import evaluate, run_op
 from qpass.ir.types import TensorType, dtype_range, is_float
 from qpass.quant import MOVE_KINDS, TABLE_KINDS

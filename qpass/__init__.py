@@ -9,9 +9,9 @@
 from qpass.errors import (FrontendError, InterpreterError, IRError, ParseError, PassError,  # noqa: F401
                           QpassError)
 from qpass.ir import Graph, Op, QuantParams, TensorType, Value, load, parse_graph, print_graph, save  # noqa: F401
-from qpass.passes_base import Pass, PassResult, option, register_pass, REGISTRY  # noqa: F401
-from qpass.pass_manager import PassContext, run_passes  # noqa: F401
-from qpass.pipeline import format_pipeline, parse_pipeline  # noqa: F401
+from qpass.passmgr.passes import Pass, PassResult, option, register_pass, REGISTRY  # noqa: F401
+from qpass.passmgr.manager import PassContext, run_passes  # noqa: F401
+from qpass.passmgr.pipeline import format_pipeline, parse_pipeline  # noqa: F401
 from qpass.interpreter import interpret  # noqa: F401
 from qpass.api import quantization_pipeline, quantize  # noqa: F401
 from qpass.compiler import compile  # noqa: F401,A001

@@ -1,3 +1,3 @@
-from qpass.cli import main
+from qpass.tools.cli import main
 
 raise SystemExit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 from qpass.ir.graph import Graph
-from qpass.pass_manager import PassContext, run_passes
+from qpass.passmgr.manager import PassContext, run_passes
 from qpass.quant.calibration import Samples, load_calibration
 
 CANONICALIZE = "fold-constants,fold-batchnorm,eliminate-identity,eliminate-dead-code"

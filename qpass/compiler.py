@@ -19,9 +19,9 @@ import numpy as np
 
 from qpass.api import CANONICALIZE, quantization_pipeline
 from qpass.errors import QpassError
-from qpass.instruments import DumpIR, PrintAfter, Timing
+from qpass.passmgr.instruments import DumpIR, PrintAfter, Timing
 from qpass.ir.graph import Graph
-from qpass.pass_manager import PassContext, run_passes
+from qpass.passmgr.manager import PassContext, run_passes
 
 FOLD_QDQ = f"{CANONICALIZE},fold-fake-quant,fuse-requant,eliminate-dead-code"
 INTEGER_KINDS = {"qconv2d", "qdense", "qadd", "qmul", "qreduce_mean", "lut", "requantize"}

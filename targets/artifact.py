@@ -118,7 +118,7 @@ def write_artifact(built, outdir, report: dict, force: bool = False) -> Path:
                 "inputs": _describe(built.graph.inputs), "outputs": _describe(built.graph.outputs)}
         atomic_write(staging / "meta.json", json.dumps(meta, indent=2).encode())
         atomic_write(staging / "report.json", json.dumps(report, indent=2, default=_jsonable).encode())
-        from qpass.report_html import render_report_html
+        from qpass.tools.report_html import render_report_html
         atomic_write(staging / "report.html", render_report_html(report).encode())
         if outdir.exists():
             shutil.rmtree(outdir)

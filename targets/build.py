@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from qpass.errors import QpassError
-from qpass.pass_manager import run_passes
+from qpass.passmgr.manager import run_passes
 from qpass.targets.lower import Lowered, lower
 from qpass.targets.registry import TargetSpec
 

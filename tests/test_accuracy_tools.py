@@ -8,10 +8,10 @@ import pytest
 
 import qpass
 from qpass import REGISTRY, Graph, PassContext, TensorType, interpret, parse_graph, print_graph, run_passes
-from qpass.cli import main
-from qpass.debug import debug_model
+from qpass.tools.cli import main
+from qpass.tools.debug import debug_model
 from qpass.errors import PassError, QpassError
-from qpass.plot import bar_chart_svg
+from qpass.tools.plot import bar_chart_svg
 
 from assets import PPOCR_MODELS, ppocr_model, shared_dir, text_image
 

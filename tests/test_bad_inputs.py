@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qpass.cli import main
+from qpass.tools.cli import main
 
 DIGITS = Path(__file__).resolve().parent.parent / "qpass" / "data" / "digits_cnn.onnx"
 
@@ -27,7 +27,7 @@ def _relu_model(op_type: str, dims: list) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """Broken models, IR files and calibration data, made once."""
-    from qpass.demo import bundled_test_set
+    from qpass.tools.demo import bundled_test_set
     images = bundled_test_set()[0][:8]
     folder = tmp_path_factory.mktemp("inputs")
     (folder / "truncated.onnx").write_bytes(DIGITS.read_bytes()[:3000])

@@ -171,7 +171,7 @@ def test_dynamic_input_needs_input_shape(tmp_path):
 
 
 def test_quantize_command(tmp_path):
-    from qpass.demo import bundled_test_set
+    from qpass.tools.demo import bundled_test_set
     images, _ = bundled_test_set()
     np.savez(tmp_path / "calib.npz", input=images[:16])
     model = REPO / "qpass" / "data" / "digits_cnn.onnx"

@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from qpass.fixed_point import multiply_by_quantized, quantize_multiplier, requantize
+from qpass.ir.fixed_point import multiply_by_quantized, quantize_multiplier, requantize
 
 multipliers = st.floats(min_value=1e-9, max_value=1e4, allow_nan=False, allow_infinity=False)
 int32 = st.integers(-(2**31), 2**31 - 1)

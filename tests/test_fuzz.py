@@ -35,7 +35,7 @@ FUZZ = settings(max_examples=500, deadline=None, derandomize=True, database=None
 @functools.cache
 def printed_graphs() -> list[tuple[str, dict]]:
     """Real graphs in text form with their blobs: hand-built, float and mixed int8/int4 models, pass cases."""
-    from qpass.demo import bundled_test_set
+    from qpass.tools.demo import bundled_test_set
     images, _ = bundled_test_set()
     digits = qpass.import_onnx(DIGITS)
     quantized = qpass.quantize(digits, {"input": images[:4]}, bits="mixed", quiet=True)

@@ -17,9 +17,9 @@ from PIL import Image
 import qpass
 from graphs import conv_relu
 from qpass import Graph, PassContext, QuantParams, TensorType
-from qpass.cli import main
-from qpass.instruments import DumpIR, DumpStep, dump_index_html
-from qpass.viewer import COLOURS, describe_quant, graph_html, graph_svg
+from qpass.tools.cli import main
+from qpass.passmgr.instruments import DumpIR, DumpStep, dump_index_html
+from qpass.tools.viewer import COLOURS, describe_quant, graph_html, graph_svg
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DIGITS = Path(__file__).resolve().parent.parent / "qpass" / "data" / "digits_cnn.onnx"
@@ -78,7 +78,7 @@ def assert_drawn(image: Image.Image, *colours: str) -> None:
 
 @pytest.fixture(scope="module")
 def quantized():
-    from qpass.demo import bundled_test_set
+    from qpass.tools.demo import bundled_test_set
     images = bundled_test_set()[0][:4]
     graph = qpass.import_onnx(DIGITS)
     return graph, images

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qpass.fixed_point import multiply_by_quantized, quantize_multiplier
+from qpass.ir.fixed_point import multiply_by_quantized, quantize_multiplier
 from qpass.interpreter import evaluate
 from qpass.ir import QuantParams, TensorType
 

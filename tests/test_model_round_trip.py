@@ -6,7 +6,7 @@ import pytest
 from qpass.frontend import import_onnx
 from qpass.interpreter import interpret
 from qpass.ir import load, parse_graph, print_graph, save
-from qpass.demo import bundled_model_path
+from qpass.tools.demo import bundled_model_path
 from test_frontend import REAL_MODELS
 
 

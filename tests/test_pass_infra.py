@@ -7,9 +7,9 @@ import pytest
 from graphs import conv_relu
 from qpass import Pass, PassContext, PassResult, option, parse_graph, register_pass, run_passes
 from qpass.errors import ParseError, PassError
-from qpass.instruments import DumpIR, PrintAfter, Timing
-from qpass.passes_base import REGISTRY
-from qpass.pipeline import format_pipeline, parse_pipeline, parse_pipeline_spec
+from qpass.passmgr.instruments import DumpIR, PrintAfter, Timing
+from qpass.passmgr.passes import REGISTRY
+from qpass.passmgr.pipeline import format_pipeline, parse_pipeline, parse_pipeline_spec
 
 
 @register_pass("test-rename-relu")

@@ -5,7 +5,7 @@ import pytest
 
 import qpass
 from qpass import PassContext, interpret, run_passes
-from qpass.demo import bundled_model_path, bundled_test_set
+from qpass.tools.demo import bundled_model_path, bundled_test_set
 from qpass.errors import PassError, QpassError
 from qpass.quant.calibration import CalibrationError
 from qpass.quant.observers import OBSERVERS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpass import fixed_point
+from qpass.ir import fixed_point
 from qpass.errors import InterpreterError
 from qpass.interpreter import kernel
 from qpass.interpreter.float_kernels import _windows

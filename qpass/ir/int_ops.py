@@ -3,7 +3,7 @@
 Integer operands carry their meaning in their types: a value of dtype i8/u8/i4/u4 with a
 quantization annotation stands for the reals scale * (q - zero_point). Rescaling is explicit:
 ops that produce narrow integers hold fixed-point `multiplier`/`shift` attributes computed once
-at compile time (qpass.fixed_point), and take the output zero point from their result type.
+at compile time (qpass.ir.fixed_point), and take the output zero point from their result type.
 
     qconv2d(x, w[, bias])   conv over (x - zx) * (w - zw), int32 accumulation (+ bias, i32).
                             Without `multiplier` the result is the i32 accumulator; with it, the

@@ -18,13 +18,13 @@ from typing import Optional, Union
 
 import numpy as np
 
-from qpass.cli import add_quantization_options, command, load_model
+from qpass.tools.cli import add_quantization_options, command, load_model
 from qpass.errors import QpassError
 from qpass.interpreter import interpret, run_op
 from qpass.ir.graph import Graph, Op, Value
 from qpass.ir.types import TensorType, dtype_bits
-from qpass.pass_manager import PassContext, run_passes
-from qpass.pipeline import parse_pipeline
+from qpass.passmgr.manager import PassContext, run_passes
+from qpass.passmgr.pipeline import parse_pipeline
 from qpass.quant import WEIGHTED_KINDS, quantized_weight
 from qpass.quant.calibration import Samples, load_calibration
 from qpass.quant.report import sqnr_db
@@ -249,7 +249,7 @@ def _cell(value) -> str:
 
 def charts(report: dict) -> dict[str, str]:
     """File name -> SVG: SQNR per layer and bit width per layer."""
-    from qpass.plot import bar_chart_svg
+    from qpass.tools.plot import bar_chart_svg
     labels = [layer["name"] for layer in report["layers"]]
 
     def values(key):

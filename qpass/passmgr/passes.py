@@ -81,7 +81,7 @@ class Pass:
         return out
 
     def __str__(self) -> str:
-        from qpass.pipeline import format_pass
+        from qpass.passmgr.pipeline import format_pass
         return format_pass(self)
 
 

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
 # Modules whose import registers more subcommands with @command (kept out of this file so that
 # each feature owns its command).
-COMMAND_MODULES: tuple[str, ...] = ("qpass.viewer", "qpass.debug")
+COMMAND_MODULES: tuple[str, ...] = ("qpass.tools.viewer", "qpass.tools.debug")
 
 
 def command(name: str, help: str):
@@ -117,7 +117,7 @@ def _show(parser):
             _check_writable_file(path)
         graph = load_model(args.model, args.input_shape)
         if args.html or args.svg:
-            from qpass.viewer import graph_html, graph_svg, write_text_file
+            from qpass.tools.viewer import graph_html, graph_svg, write_text_file
             if args.html:
                 write_text_file(args.html, graph_html(graph), "the page")
             if args.svg:
@@ -131,7 +131,7 @@ def _show(parser):
 @command("passes", "list the registered passes and their options")
 def _passes(parser):
     def run(args):
-        from qpass.passes_base import REGISTRY, describe_type
+        from qpass.passmgr.passes import REGISTRY, describe_type
         for name in REGISTRY.names():
             cls = REGISTRY.get(name)
             doc = (cls.__doc__ or "").strip().splitlines()
@@ -160,9 +160,9 @@ def _opt(parser):
 
     def run(args):
         from qpass import PassContext, run_passes
-        from qpass.instruments import DumpIR, PrintAfter, Timing
+        from qpass.passmgr.instruments import DumpIR, PrintAfter, Timing
         from qpass.ir import save
-        from qpass.pipeline import parse_pipeline
+        from qpass.passmgr.pipeline import parse_pipeline
         passes = parse_pipeline(args.pipeline)          # bad names fail before any work
         if args.output:
             _check_writable_file(args.output)
@@ -204,9 +204,9 @@ def _quantize(parser):
     def run(args):
         from qpass import PassContext, run_passes
         from qpass.api import CANONICALIZE, quantization_pipeline, quantize
-        from qpass.instruments import DumpIR
+        from qpass.passmgr.instruments import DumpIR
         from qpass.ir import save
-        from qpass.pipeline import parse_pipeline
+        from qpass.passmgr.pipeline import parse_pipeline
         from qpass.quant.calibration import load_calibration
         from qpass.quant.report import dumps, format_report, quantization_report
         bits = int(args.bits) if args.bits.isdigit() else args.bits
@@ -235,7 +235,7 @@ def _demo(parser):
     parser.add_argument("--quiet", action="store_true", help="do not print the IR")
 
     def run(args):
-        from qpass.demo import run_demo
+        from qpass.tools.demo import run_demo
         return run_demo(print_ir=not args.quiet)
     return run
 
@@ -263,7 +263,7 @@ def _compile(parser):
     def run(args):
         import json
         from qpass.compiler import check_and_time, compile
-        from qpass.pipeline import parse_pipeline
+        from qpass.passmgr.pipeline import parse_pipeline
         from qpass.targets.registry import resolve_target
         resolve_target(args.target, args.mcpu, args.mattr, args.arch)     # bad targets fail before any work
         if args.pipeline:
@@ -281,7 +281,7 @@ def _compile(parser):
         if args.json:
             print(json.dumps(compiled.report, indent=2, default=str))
         elif not args.quiet:
-            from qpass.report_html import format_compile_report
+            from qpass.tools.report_html import format_compile_report
             print(format_compile_report(compiled.report))
             print(f"wrote {args.output}/ (model.so, model.qir, meta.json, report.json, report.html)")
         return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from qpass.errors import ParseError
-from qpass.passes_base import REGISTRY, Pass
+from qpass.passmgr.passes import REGISTRY, Pass
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 

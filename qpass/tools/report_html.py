@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from qpass.plot import bar_chart_svg
+from qpass.tools.plot import bar_chart_svg
 
 
 def _kb(n: int) -> str:

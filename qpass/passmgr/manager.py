@@ -7,10 +7,10 @@ import time
 from typing import Optional, Sequence, Union
 
 from qpass.errors import PassError, QpassError
-from qpass.instruments import Instrument, VerifyEach
+from qpass.passmgr.instruments import Instrument, VerifyEach
 from qpass.ir.graph import Graph
-from qpass.passes_base import Pass, PassResult
-from qpass.pipeline import format_pass, parse_pipeline
+from qpass.passmgr.passes import Pass, PassResult
+from qpass.passmgr.pipeline import format_pass, parse_pipeline
 
 _local = threading.local()
 

@@ -1,0 +1,2 @@
+"""Pass infrastructure: the `Pass` base and registry, pipelines as text, the pass manager and its
+instruments (printing, dumps, timing, verification)."""
