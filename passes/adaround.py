@@ -140,24 +140,20 @@ class Reconstruction:
         return np.clip(level, self.low, self.high) * self.scale, inside
 
 
-def learn_rounding(rec: Reconstruction, iterations: int, seconds: float, learning_rate: float,
+def learn_rounding(rec: Reconstruction, iterations: int, learning_rate: float,
                    regularization: float, warmup: float) -> tuple[np.ndarray, int]:
     """Adam on the rectified-sigmoid offsets h(V); returns the hard 0/1 offsets and the steps taken.
 
     The regularizer sum(1 - |2h - 1|^beta) starts after `warmup` of the run, beta falling from 20 to
-    2, so h first fits the data and is then pushed to 0 or 1. The run's progress is the larger of
-    the iteration and time fractions, so a time-limited run still anneals fully.
+    2, so h first fits the data and is then pushed to 0 or 1. The run is `iterations` steps long
+    whatever the machine's load, so equal inputs give equal roundings.
     """
     rec = rec.in_float32()
     fraction = np.clip(rec.weight / rec.scale - rec.floor, 0.0, 1.0)
     v = -np.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)                       # h(V) == fraction
     m, s = np.zeros_like(v), np.zeros_like(v)
-    start = time.perf_counter()
-    step = 0
-    while True:
-        progress = max(step / iterations, (time.perf_counter() - start) / seconds)
-        if progress >= 1:
-            break
+    for step in range(iterations):
+        progress = step / iterations
         sig = expit(v)
         stretched = sig * (ZETA - GAMMA) + GAMMA
         h = np.clip(stretched, 0.0, 1.0)
@@ -168,11 +164,10 @@ def learn_rounding(rec: Reconstruction, iterations: int, seconds: float, learnin
             t = 2 * h - 1
             grad_h -= regularization * 2 * beta * np.abs(t) ** (beta - 1) * np.sign(t)
         grad = grad_h * (ZETA - GAMMA) * sig * (1 - sig) * ((stretched > 0) & (stretched < 1))
-        step += 1
         m = 0.9 * m + 0.1 * grad
         s = 0.999 * s + 0.001 * grad * grad
-        v -= learning_rate * (m / (1 - 0.9 ** step)) / (np.sqrt(s / (1 - 0.999 ** step)) + 1e-8)
-    return (v >= 0).astype(np.float64), step
+        v -= learning_rate * (m / (1 - 0.9 ** (step + 1))) / (np.sqrt(s / (1 - 0.999 ** (step + 1))) + 1e-8)
+    return (v >= 0).astype(np.float64), iterations
 
 
 class Layer:
@@ -233,8 +228,7 @@ class AdaRound(Pass):
     quantize(float constant) -> dequantize, the constant now on the quantization grid."""
 
     name = "adaround"
-    iterations: int = option(1000, "optimizer steps per layer")
-    time_limit: float = option(30.0, "seconds per layer at most (the annealing is shortened to fit)")
+    iterations: int = option(1000, "optimizer steps per layer (the result depends on this, never on the clock)")
     samples: int = option(64, "calibration samples (memory grows with samples x activation size)")
     learning_rate: float = option(0.01, "Adam step size on the rounding variables")
     regularization: float = option(0.01, "weight of the rounding regularizer")
@@ -243,10 +237,10 @@ class AdaRound(Pass):
     quiet: bool = option(False, "no progress bar")
 
     def run(self, graph, ctx):
-        samples = ctx.options.get("calibration")
+        samples = ctx.calibration
         if not samples:
             raise PassError("adaround learns the rounding on calibration data; none was given (pass calibration= "
-                            "to qpass.quantize or PassContext(options={'calibration': samples}))")
+                            "to qpass.quantize or PassContext(calibration=samples))")
         samples = list(samples)[:self.samples]
         check_samples(samples, graph)
         layers = Layer.find(graph)
@@ -262,14 +256,14 @@ class AdaRound(Pass):
         float_ops = {op.name: op for op in reference.ops}
         quantized_run, float_run = Stepper(graph, samples), Stepper(reference, samples)
         report = {}
-        quiet = self.quiet or ctx.options.get("quiet", False)
+        quiet = self.quiet or ctx.quiet
         for layer in tqdm(layers, desc="adaround", unit="layer", disable=quiet, leave=False):
             inputs = quantized_run.run_until(layer.op)
             for b, a in zip(inputs, float_run.run_until(float_ops[layer.op.name])):
                 layer.stats.add(layer_rows(layer.op, b), layer_rows(layer.op, a))
             report[layer.op.name] = self.round_layer(graph, layer, quantized_run)
             layer.stats = None
-        ctx.analyses["adaround"] = report
+        ctx.analyses.adaround = report
         graph.remove_dead()
         return PassResult(graph, True)
 
@@ -282,7 +276,7 @@ class AdaRound(Pass):
         if rec.rows < per_output:
             return {**entry, "skipped": f"{rec.rows} input rows for {per_output} weights per output"}
         start = time.perf_counter()
-        offset, steps = learn_rounding(rec, self.iterations, self.time_limit, self.learning_rate,
+        offset, steps = learn_rounding(rec, self.iterations, self.learning_rate,
                                        self.regularization, self.warmup)
         error = rec.error(rec.weights(offset)[0])
         if error >= nearest_error:

@@ -92,7 +92,7 @@ class AssignBitwidth(Pass):
     quiet: bool = option(False, "no progress bar")
 
     def run(self, graph, ctx):
-        samples = ctx.options.get("calibration")
+        samples = ctx.calibration
         if not samples:
             raise PassError("assign-bitwidth measures sensitivity on calibration data; none was given")
         samples = list(samples)[:self.samples]
@@ -109,7 +109,7 @@ class AssignBitwidth(Pass):
                             "int8; raise the budget or keep fewer layers int8")
         reference = [interpret(graph, s) for s in samples]
         types = [layer.int4_type() for layer in layers]
-        quiet = self.quiet or ctx.options.get("quiet", False)
+        quiet = self.quiet or ctx.quiet
         for layer, int4, pin in zip(iterate(layers, "assign-bitwidth", quiet), types, pinned):
             if pin:
                 continue
@@ -122,6 +122,6 @@ class AssignBitwidth(Pass):
         for layer, int4, pick in zip(layers, types, chosen):
             if pick:
                 layer.commit(graph, int4)
-        ctx.analyses["bitwidth"] = {layer.op.name: {"bits": layer.bits, "sensitivity": layer.cost,
+        ctx.analyses.bitwidth = {layer.op.name: {"bits": layer.bits, "sensitivity": layer.cost,
                                                     "weights": layer.elements} for layer in layers}
         return PassResult(graph, bool(chosen.any()))

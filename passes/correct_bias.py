@@ -35,7 +35,7 @@ class CorrectBias(Pass):
     quiet: bool = option(False, "no progress bar")
 
     def run(self, graph, ctx):
-        samples = ctx.options.get("calibration")
+        samples = ctx.calibration
         if not samples:
             raise PassError("correct-bias measures the output shift on calibration data; none was given")
         layers = {}
@@ -56,7 +56,7 @@ class CorrectBias(Pass):
                 sums[id(op)] = sums[id(op)] + shift.astype(np.float64).mean(axis=axes)
 
         used = list(samples)[:self.samples]
-        for sample in iterate(used, "correct-bias", self.quiet or ctx.options.get("quiet", False)):
+        for sample in iterate(used, "correct-bias", self.quiet or ctx.quiet):
             for value in graph.inputs:
                 observe(value, sample[value.name])
             interpret(graph, sample, observe=observe)

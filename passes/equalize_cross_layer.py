@@ -230,7 +230,7 @@ class EqualizeCrossLayer(Pass):
     is exact for every input. relu6=calibrated equalizes them within bounds measured on calibration
     data (channels that reach 6 keep s = 1, others never reach the clip on that data: exact there);
     relu6=replace makes them ReLU first like Nagel et al., which changes the function above 6.
-    Bias absorption needs calibration data (ctx.options["calibration"]) and a second layer without
+    Bias absorption needs calibration data (ctx.calibration) and a second layer without
     padding: after a ReLU it moves c_i = max(0, min z_i) (exact while z_i stays above its calibrated
     minimum), on a linear path the channel's mid-range (exact everywhere).
     """
@@ -250,13 +250,13 @@ class EqualizeCrossLayer(Pass):
         pairs = find_pairs(graph, self.relu6)
         if not pairs:
             return PassResult(graph, False)
-        samples = list(ctx.options.get("calibration") or [])[:self.samples]
+        samples = list(ctx.calibration or [])[:self.samples]
         if self.relu6 == "calibrated" and not samples:
             raise PassError("equalize-cross-layer{relu6=calibrated} bounds the channel scales on calibration "
                             "data; none was given (use relu6=skip without data)")
         measured = self.absorb_bias or self.relu6 == "calibrated"
         extremes = channel_extremes(graph, [p.first for p in pairs], samples,
-                                    self.quiet or ctx.options.get("quiet", False)) if samples and measured else {}
+                                    self.quiet or ctx.quiet) if samples and measured else {}
         replaced = replace_relu6(graph, pairs) if self.relu6 == "replace" else False
         layers = Layers(pairs)
         for pair in pairs:

@@ -3,7 +3,7 @@
 Works on graphs written by `quantize` and on QDQ models imported from other tools. Each rule
 looks at one `quantize` and the float op feeding it; operands must come from `dequantize`.
 What cannot become integer stays float between a dequantize and a quantize, and
-ctx.analyses["float-ops"] says which ops and why.
+ctx.analyses.float_ops says which ops and why.
 """
 
 from __future__ import annotations
@@ -257,5 +257,5 @@ class FoldFakeQuant(Pass):
         for op in graph.ops:                          # every float op left, sandwiched or not
             if op.kind not in ("quantize", "dequantize") and is_float(op.outputs[0].type.dtype):
                 reasons.setdefault(op.name, explain(op.kind, []))
-        ctx.analyses["float-ops"] = {name: reasons[name] for name in sorted(reasons) if graph.has_value(name)}
+        ctx.analyses.float_ops = {name: reasons[name] for name in sorted(reasons) if graph.has_value(name)}
         return PassResult(graph, changed)

@@ -35,7 +35,7 @@ def insert_fake_quant(graph, value, params, dtype):
 
 @register_pass
 class Quantize(Pass):
-    """Insert fake-quant pairs on activations (from ctx.analyses["ranges"], see range-analysis) and
+    """Insert fake-quant pairs on activations (from ctx.analyses.ranges, see range-analysis) and
     on the weights of conv2d/dense. Activations that a ReLU/Clip follows are quantized after it."""
 
     name = "quantize"
@@ -51,7 +51,7 @@ class Quantize(Pass):
                                       "dense in program order), whose weights stay 8-bit")
 
     def run(self, graph, ctx):
-        ranges = ctx.analyses.get("ranges")
+        ranges = ctx.analyses.ranges
         if ranges is None:
             raise PassError("quantize needs activation ranges: run range-analysis before it in the pipeline")
         changed = False

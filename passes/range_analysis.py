@@ -22,9 +22,9 @@ def static_range(op):
 
 @register_pass
 class RangeAnalysis(Pass):
-    """Run the calibration samples (ctx.options["calibration"]) through the interpreter and record,
+    """Run the calibration samples (ctx.calibration) through the interpreter and record,
     for every float activation, a range chosen by the observer `method`, capped by the ranges that
-    ReLU/ReLU6/Clip/Sigmoid/Tanh guarantee. Results go to ctx.analyses["ranges"][value name]."""
+    ReLU/ReLU6/Clip/Sigmoid/Tanh guarantee. Results go to ctx.analyses.ranges[value name]."""
 
     name = "range-analysis"
     method: Literal["minmax", "moving-average", "percentile", "mse", "entropy"] = option(
@@ -40,10 +40,10 @@ class RangeAnalysis(Pass):
         return OBSERVERS[self.method]()
 
     def run(self, graph, ctx):
-        samples = ctx.options.get("calibration")
+        samples = ctx.calibration
         if samples is None:
             raise PassError("range-analysis needs calibration data: pass calibration=... to qpass.quantize, "
-                            "--calib PATH on the command line, or PassContext(options={'calibration': samples})")
+                            "--calib PATH on the command line, or PassContext(calibration=samples)")
         samples = list(samples)
         check_samples(samples, graph)
         if self.max_samples:
@@ -56,7 +56,7 @@ class RangeAnalysis(Pass):
             if value.name in observers:
                 observers[value.name].observe(array)
 
-        for sample in iterate(samples, "range-analysis", quiet=self.quiet or ctx.options.get("quiet", False)):
+        for sample in iterate(samples, "range-analysis", quiet=self.quiet or ctx.quiet):
             for value in graph.inputs:
                 observe(value, sample[value.name])
             interpret(graph, sample, observe=observe)
@@ -71,6 +71,6 @@ class RangeAnalysis(Pass):
                 lo = lo if static_lo is None else max(lo, static_lo)
                 hi = hi if static_hi is None else min(hi, static_hi)
             ranges[name] = (float(lo), float(max(hi, lo)))
-        ctx.analyses["ranges"] = ranges
-        ctx.analyses["range-method"] = self.method
+        ctx.analyses.ranges = ranges
+        ctx.analyses.range_method = self.method
         return PassResult(graph, False)

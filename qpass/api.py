@@ -51,8 +51,8 @@ def quantize(graph: Graph, calibration: Samples, bits: Union[int, str] = 8, meth
     """
     samples = load_calibration(calibration, graph)
     ctx = ctx or PassContext(verify_each=True)
-    ctx.options.setdefault("calibration", samples)
-    ctx.options.setdefault("quiet", quiet)
+    ctx.calibration = samples                          # the caller's data wins over what ctx held
+    ctx.quiet = ctx.quiet or quiet
     with ctx:
         return run_passes(graph.copy(),
                           pipeline or quantization_pipeline(bits, method, weights, budget, bias_correction,

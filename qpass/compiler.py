@@ -105,9 +105,7 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
     timing = Timing()
     instruments = [timing] + ([DumpIR(dump_ir)] if dump_ir else []) + ([PrintAfter()] if print_ir_after_all else [])
     ctx = PassContext(instruments, verify_each=True)
-    if samples is not None:
-        ctx.options["calibration"] = samples
-    ctx.options["quiet"] = quiet
+    ctx.calibration, ctx.quiet = samples, quiet
     float_graph = run_passes(graph.copy(), CANONICALIZE) if kind == "float" and samples else None
     with ctx:
         integer = run_passes(graph.copy(), pipeline, ctx) if pipeline else graph
@@ -142,11 +140,11 @@ def _report(graph, integer, built, float_graph, samples, ctx, timing, kind) -> d
               "passes": [{"pass": name, "ms": round(s * 1e3, 2), "changed": changed}
                          for name, s, changed in timing.records],
               "kernels": built.kernels, "warnings": list(built.notes)}
-    float_ops = ctx.analyses.get("float-ops") or {}
+    float_ops = ctx.analyses.float_ops
     report["warnings"] += [f"left in float: {name}: {why}" for name, why in float_ops.items()]
     if float_graph is not None and samples:
         report["quantization"] = quantization_report(float_graph, integer, samples[:16], float_ops,
-                                                     ctx.analyses.get("bitwidth"))
+                                                     ctx.analyses.bitwidth)
     return report
 
 

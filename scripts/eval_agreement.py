@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                        layer_local_elements=total)
         figures.update(max_abs_logit_difference_vs_onnxruntime=float(np.abs(ours - ort_logits).max()),
                        top1_agreement_with_onnxruntime=float(np.mean(ours.argmax(1) == ort_logits.argmax(1))),
-                       ops_left_float=ctx.analyses.get("float-ops", {}),
+                       ops_left_float=ctx.analyses.float_ops,
                        integer_ops=sum(op.kind.startswith("q") or op.kind == "lut" for op in folded.ops))
         results["runs"]["onnxruntime QDQ model folded by qpass"] = figures
         print(f"onnxruntime QDQ folded by qpass: {json.dumps(figures)}", flush=True)

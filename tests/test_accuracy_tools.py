@@ -65,7 +65,7 @@ def samples_for(graph: Graph, count: int, seed: int = 1) -> list[dict]:
 
 
 def equalize(graph: Graph, pipeline: str = "equalize-cross-layer", samples=None) -> Graph:
-    with PassContext(options={"calibration": samples, "quiet": True}, verify_each=True) as ctx:
+    with PassContext(calibration=samples, quiet=True, verify_each=True) as ctx:
         return run_passes(graph.copy(), pipeline, ctx)
 
 
@@ -208,8 +208,8 @@ def conv_inputs(count: int, seed: int) -> list[dict]:
 
 def weight_only(graph: Graph, pipeline: str, samples: list[dict]) -> Graph:
     """Run `pipeline` after fake-quantizing only the weights (the error under test is theirs)."""
-    ctx = PassContext(options={"calibration": samples, "quiet": True}, verify_each=True)
-    ctx.analyses["ranges"] = {}
+    ctx = PassContext(calibration=samples, quiet=True, verify_each=True)
+    ctx.analyses.ranges = {}
     with ctx:
         return run_passes(graph.copy(), pipeline, ctx)
 
@@ -235,10 +235,10 @@ def test_adaround_beats_nearest_rounding_on_a_4bit_conv():
     g = single_conv()
     calibration, held_out = conv_inputs(16, seed=3), conv_inputs(32, seed=4)
     nearest = weight_only(g, "quantize{weight-bits=4,weight-clip=max}", calibration)
-    ctx = PassContext(options={"calibration": calibration, "quiet": True}, verify_each=True)
+    ctx = PassContext(calibration=calibration, quiet=True, verify_each=True)
     with ctx:
         learned = run_passes(nearest.copy(), "adaround{correct-bias=false}", ctx)
-    figures = ctx.analyses["adaround"]["y"]
+    figures = ctx.analyses.adaround["y"]
     assert figures["error"] < 0.9 * figures["nearest_error"]
     assert output_error(learned, g, held_out) < 0.95 * output_error(nearest, g, held_out)
     # the weights stay quantize(float) -> dequantize on the same grid, so folding works unchanged
@@ -255,7 +255,7 @@ def test_adaround_beats_nearest_rounding_on_a_4bit_conv():
 def test_adaround_needs_calibration_data():
     fake = weight_only(single_conv(), "quantize{weight-bits=4}", conv_inputs(2, seed=0))
     with pytest.raises(PassError, match="calibration data"):
-        run_passes(fake, "adaround", PassContext(options={}))
+        run_passes(fake, "adaround", PassContext())
 
 
 # =========================================================================== quantize keep-int8, api

@@ -38,7 +38,7 @@ def test_int8_keeps_accuracy_and_is_integer_only(digits, method):
 
 def test_integer_graph_within_one_step_of_fake_quant_graph(digits):
     graph, calib, images, _ = digits
-    with PassContext(options={"calibration": [{"input": x[None]} for x in calib["input"]], "quiet": True}) as ctx:
+    with PassContext(calibration=[{"input": x[None]} for x in calib["input"]], quiet=True) as ctx:
         fake = run_passes(graph.copy(), qpass.api.CANONICALIZE + ",range-analysis,quantize", ctx)
         integer = run_passes(fake.copy(), "fold-fake-quant", ctx)
     quantized = {op.output.name: op.output for op in fake.find_ops("quantize") if not op.inputs[0].is_constant}
@@ -71,7 +71,7 @@ def test_mixed_meets_the_budget_and_honours_overrides(digits):
     with PassContext(verify_each=True) as ctx:
         q = qpass.quantize(graph, calib, pipeline=qpass.quantization_pipeline("mixed").replace(
             "assign-bitwidth{budget=0.6}", "assign-bitwidth{budget=0.7,keep-int8=[stem.*]}"), ctx=ctx, quiet=True)
-    report = ctx.analyses["bitwidth"]
+    report = ctx.analyses.bitwidth
     int8_bytes = sum(layer["weights"] for layer in report.values())
     size = sum(layer["weights"] * layer["bits"] / 8 for layer in report.values())
     assert size <= 0.7 * int8_bytes
@@ -181,8 +181,8 @@ def test_bias_correction_removes_the_mean_output_error():
     w = g.add_constant((rng.standard_normal((8, 64)) * 0.1 + 0.02).astype(np.float32), "w")
     g.set_outputs([g.add_op("dense", [x, w], names=["y"]).output])
     samples = [{"x": (rng.standard_normal((1, 64)) + 1.0).astype(np.float32)} for _ in range(64)]
-    ctx = PassContext(options={"calibration": samples, "quiet": True})
-    ctx.analyses["ranges"] = {}                      # weights only: the error under test is theirs
+    ctx = PassContext(calibration=samples, quiet=True)
+    ctx.analyses.ranges = {}                      # weights only: the error under test is theirs
     with ctx:
         fake = run_passes(g.copy(), "quantize{weight-bits=4,weight-clip=max}", ctx)
         corrected = run_passes(fake.copy(), "correct-bias{samples=64}", ctx)
@@ -203,7 +203,7 @@ def test_ops_without_integer_form_stay_float_and_are_reported():
     samples = [{"x": np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32)} for i in range(8)]
     ctx = PassContext()
     q = qpass.quantize(g, samples, ctx=ctx, quiet=True)
-    assert ctx.analyses["float-ops"] == {"p": "softmax: has no integer form"}
+    assert ctx.analyses.float_ops == {"p": "softmax: has no integer form"}
     kinds = [op.kind for op in q.ops]
     assert "qdense" in kinds and kinds[kinds.index("softmax") - 1] == "dequantize"
     assert np.allclose(interpret(q, samples[0])["p"], interpret(g, samples[0])["p"], atol=0.02)

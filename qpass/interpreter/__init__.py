@@ -76,7 +76,7 @@ def evaluate(kind: str, arrays: list[np.ndarray], attrs: Optional[dict] = None,
     `input_types` annotates the operands (dequantize reads its scale from the operand's
     quantization); without it each operand's type is that of its array.
     """
-    from qpass.ir.ops import infer_types
+    from qpass.ir.opdef import infer_types
     attrs = dict(attrs or {})
     arrays = [np.asarray(a) for a in arrays]
     if input_types is None:

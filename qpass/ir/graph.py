@@ -163,7 +163,7 @@ class Graph:
         `before` places the op just ahead of another in program order (rewrites use it so the
         replacement sits where the original was).
         """
-        from qpass.ir.ops import infer_types
+        from qpass.ir.opdef import infer_types
 
         attrs = dict(attrs or {})
         for value in inputs:

@@ -19,10 +19,12 @@ at compile time (qpass.ir.fixed_point), and take the output zero point from thei
 from __future__ import annotations
 
 from qpass.errors import IRError
-from qpass.ir.ops import _CONV_ATTRS, _conv_common, _dense, _reduce_mean, register_op
+from qpass.ir.ops import _CONV_ATTRS, Trait, _conv_common, _dense, _reduce_mean, register_op
 from qpass.ir.types import TensorType, is_float
 
 EPILOGUE = ("multiplier", "shift", "clamp", "out_dtype", "axis")
+INTEGER = (Trait.INTEGER, Trait.RETYPABLE_RESULT, Trait.READS_QUANTIZATION)
+WEIGHTED = INTEGER + (Trait.WEIGHTED, Trait.EPILOGUE)
 
 
 def _integer(kind, t: TensorType, annotated=True):
@@ -87,15 +89,15 @@ def _lut(types, attrs):
 
 
 register_op("qconv2d", _qconv, inputs=(2, 3), attrs=_CONV_ATTRS, optional=EPILOGUE,
-            doc="integer conv2d with exact zero points, i32 accumulation, optional requantizing epilogue")
+            doc="integer conv2d with exact zero points, i32 accumulation, optional requantizing epilogue", traits=WEIGHTED)
 register_op("qdense", _qdense, inputs=(2, 3), optional=EPILOGUE,
-            doc="integer x @ w.T with exact zero points, optional requantizing epilogue")
+            doc="integer x @ w.T with exact zero points, optional requantizing epilogue", traits=WEIGHTED)
 register_op("requantize", _requantize, attrs=("multiplier", "shift", "out_dtype"), optional=("clamp", "axis"),
-            doc="i32 -> narrow integer with fixed-point multiplier/shift (per tensor or along axis)")
+            doc="i32 -> narrow integer with fixed-point multiplier/shift (per tensor or along axis)", traits=INTEGER)
 register_op("qadd", _qbinary("qadd"), inputs=2, attrs=("multiplier", "shift", "out_dtype"), optional=("clamp",),
-            doc="integer add of two quantized tensors, multiplier=[ma, mb] sharing one shift")
+            doc="integer add of two quantized tensors, multiplier=[ma, mb] sharing one shift", traits=INTEGER)
 register_op("qmul", _qbinary("qmul"), inputs=2, attrs=("multiplier", "shift", "out_dtype"), optional=("clamp",),
-            doc="integer product of two quantized tensors, requantized")
+            doc="integer product of two quantized tensors, requantized", traits=INTEGER)
 register_op("qreduce_mean", _qreduce_mean, attrs=("axes", "multiplier", "shift", "out_dtype"),
-            optional=("keepdims", "clamp"), doc="integer mean: requantized sum of (x - zx)")
-register_op("lut", _lut, attrs=("table", "out_dtype"), doc="table lookup on 8-bit (or 4-bit) integers")
+            optional=("keepdims", "clamp"), doc="integer mean: requantized sum of (x - zx)", traits=INTEGER)
+register_op("lut", _lut, attrs=("table", "out_dtype"), doc="table lookup on 8-bit (or 4-bit) integers", traits=INTEGER)

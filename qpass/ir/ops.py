@@ -7,65 +7,22 @@ meaning never depends on the opset it came from. Integer ops register here too.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from qpass.errors import IRError
+from qpass.ir.opdef import OPS, InferFn, OpDef, Trait, define_op, infer_types, op_def  # noqa: F401
 from qpass.ir.types import TensorType, is_float
 
-InferFn = Callable[[Sequence[TensorType], dict], list[TensorType]]
-
-
-@dataclasses.dataclass(frozen=True)
-class OpDef:
-    kind: str
-    infer: InferFn
-    min_inputs: int
-    max_inputs: int
-    attrs: tuple[str, ...] = ()          # required attributes
-    optional_attrs: tuple[str, ...] = ()
-    doc: str = ""
-
-
-OPS: dict[str, OpDef] = {}
+T = Trait
 
 
 def register_op(kind: str, infer: InferFn, inputs: int | tuple[int, int] = 1, attrs=(), optional=(),
-                doc: str = "") -> OpDef:
-    """Add an op kind to the catalogue; a kind registered twice is an error."""
-    if kind in OPS:
-        raise IRError(f"op kind '{kind}' is already registered")
-    lo, hi = (inputs, inputs) if isinstance(inputs, int) else inputs
-    OPS[kind] = OpDef(kind, infer, lo, hi, tuple(attrs), tuple(optional), doc)
-    return OPS[kind]
-
-
-def op_def(kind: str) -> OpDef:
-    try:
-        return OPS[kind]
-    except KeyError:
-        import difflib
-        close = difflib.get_close_matches(kind, OPS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise IRError(f"unknown op kind '{kind}'.{hint} Known ops: {', '.join(sorted(OPS))}") from None
-
-
-def infer_types(kind: str, types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-    """Result types of op `kind` for operand `types`; raises IRError naming what is wrong."""
-    d = op_def(kind)
-    if not d.min_inputs <= len(types) <= d.max_inputs:
-        want = d.min_inputs if d.min_inputs == d.max_inputs else f"{d.min_inputs} to {d.max_inputs}"
-        raise IRError(f"{kind} takes {want} operands, got {len(types)}")
-    missing = [a for a in d.attrs if a not in attrs]
-    if missing:
-        raise IRError(f"{kind} needs attribute(s) {', '.join(missing)}")
-    unknown = sorted(set(attrs) - set(d.attrs) - set(d.optional_attrs))
-    if unknown:
-        raise IRError(f"{kind} has no attribute(s) {', '.join(unknown)}; it takes "
-                      f"{', '.join(d.attrs + d.optional_attrs) or 'none'}")
-    return d.infer(types, attrs)
+                doc: str = "", traits=(), static_range=None) -> OpDef:
+    """Define an op kind (see qpass.ir.opdef); a kind defined twice is an error."""
+    return define_op(OpDef(kind, infer, inputs, tuple(attrs), tuple(optional), frozenset(traits),
+                           static_range=static_range, doc=doc))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -124,24 +81,34 @@ def _binary(kind):
     return infer
 
 
+TABLE_UNARY = (T.ELEMENTWISE, T.TABLE, T.INTEGER_FORM)
+_RANGES = {"relu": lambda a: (0.0, None), "sigmoid": lambda a: (0.0, 1.0), "tanh": lambda a: (-1.0, 1.0)}
 for _k in ("relu", "sigmoid", "tanh", "erf", "sqrt", "exp", "hard_swish"):
-    register_op(_k, _unary(_k), doc=f"elementwise {_k}")
-register_op("leaky_relu", _unary("leaky_relu"), attrs=("alpha",))
+    register_op(_k, _unary(_k), doc=f"elementwise {_k}",
+                traits=TABLE_UNARY + ((T.ACTIVATION,) if _k == "relu" else ()), static_range=_RANGES.get(_k))
+register_op("leaky_relu", _unary("leaky_relu"), attrs=("alpha",), traits=TABLE_UNARY)
 register_op("hard_sigmoid", _unary("hard_sigmoid"), attrs=("alpha", "beta"),
-            doc="max(0, min(1, alpha * x + beta))")
-register_op("gelu", _unary("gelu"), optional=("approximate",), doc="approximate='none' (erf) or 'tanh'")
+            doc="max(0, min(1, alpha * x + beta))", traits=TABLE_UNARY, static_range=lambda a: (0.0, 1.0))
+register_op("gelu", _unary("gelu"), optional=("approximate",), doc="approximate='none' (erf) or 'tanh'",
+            traits=TABLE_UNARY)
 register_op("clip", lambda t, a: [t[0].without_quant()], optional=("min", "max"),
-            doc="clamp to [min, max]; a missing bound is open")
-register_op("identity", lambda t, a: [t[0]])
-for _k in ("add", "sub", "mul", "div", "pow"):
-    register_op(_k, _binary(_k), inputs=2, doc=f"elementwise {_k} with numpy broadcasting")
+            doc="clamp to [min, max]; a missing bound is open", traits=TABLE_UNARY + (T.ACTIVATION,),
+            static_range=lambda a: (a.get("min"), a.get("max")))
+MOVE = (T.DATA_MOVEMENT, T.FOLLOWS_OPERAND, T.INTEGER_FORM)
+register_op("identity", lambda t, a: [t[0]], traits=MOVE + (T.ELEMENTWISE,))
+register_op("add", _binary("add"), inputs=2, doc="elementwise add with numpy broadcasting",
+            traits=(T.ELEMENTWISE, T.INTEGER_FORM, T.FUSES_ACTIVATION))
+register_op("mul", _binary("mul"), inputs=2, doc="elementwise mul with numpy broadcasting",
+            traits=(T.ELEMENTWISE, T.INTEGER_FORM))
+for _k in ("sub", "div", "pow"):
+    register_op(_k, _binary(_k), inputs=2, doc=f"elementwise {_k} with numpy broadcasting", traits=(T.ELEMENTWISE,))
 
 
 def _cast(types, attrs):
     return [TensorType(types[0].shape, attrs["to"])]
 
 
-register_op("cast", _cast, attrs=("to",))
+register_op("cast", _cast, attrs=("to",), traits=(T.ELEMENTWISE,))
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -177,7 +144,8 @@ def _conv_common(kind, types, attrs, transpose=False):
 
 _CONV_ATTRS = ("strides", "pads", "dilations", "groups")
 register_op("conv2d", lambda t, a: _conv_common("conv2d", t, a), inputs=(2, 3), attrs=_CONV_ATTRS,
-            doc="2-D convolution, NCHW input, OIHW weight, optional bias [O]")
+            doc="2-D convolution, NCHW input, OIHW weight, optional bias [O]",
+            traits=(T.WEIGHTED, T.INTEGER_FORM, T.FUSES_ACTIVATION))
 register_op("conv_transpose2d", lambda t, a: _conv_common("conv_transpose2d", t, a, transpose=True),
             inputs=(2, 3), attrs=_CONV_ATTRS, optional=("output_padding",),
             doc="transposed 2-D convolution, IOHW weight (ONNX ConvTranspose layout)")
@@ -193,7 +161,8 @@ def _dense(types, attrs):
     return [TensorType((*x.shape[:-1], w.shape[0]), x.dtype)]
 
 
-register_op("dense", _dense, inputs=(2, 3), doc="x @ weight.T + bias; weight [out, in]")
+register_op("dense", _dense, inputs=(2, 3), doc="x @ weight.T + bias; weight [out, in]",
+            traits=(T.WEIGHTED, T.INTEGER_FORM, T.FUSES_ACTIVATION))
 
 
 def _matmul(types, attrs):
@@ -268,7 +237,7 @@ def _pool(kind):
 
 
 register_op("max_pool2d", _pool("max_pool2d"), attrs=("kernel", "strides", "pads"),
-            optional=("dilations", "ceil_mode"))
+            optional=("dilations", "ceil_mode"), traits=MOVE)
 register_op("avg_pool2d", _pool("avg_pool2d"), attrs=("kernel", "strides", "pads"),
             optional=("ceil_mode", "count_include_pad"))
 
@@ -282,7 +251,7 @@ def _reduce_mean(types, attrs):
     return [TensorType(shape, x.dtype)]
 
 
-register_op("reduce_mean", _reduce_mean, attrs=("axes",), optional=("keepdims",))
+register_op("reduce_mean", _reduce_mean, attrs=("axes",), optional=("keepdims",), traits=(T.INTEGER_FORM,))
 
 
 # --------------------------------------------------------------------------- data movement
@@ -294,7 +263,7 @@ def _reshape(types, attrs):
     return [TensorType(shape, x.dtype, x.quant if x.quant and x.quant.axis is None else None)]
 
 
-register_op("reshape", _reshape, attrs=("shape",))
+register_op("reshape", _reshape, attrs=("shape",), traits=MOVE)
 
 
 def _transpose(types, attrs):
@@ -304,7 +273,7 @@ def _transpose(types, attrs):
     return [TensorType([x.shape[p] for p in perm], x.dtype)]
 
 
-register_op("transpose", _transpose, attrs=("perm",))
+register_op("transpose", _transpose, attrs=("perm",), traits=MOVE)
 
 
 def _concat(types, attrs):
@@ -319,7 +288,7 @@ def _concat(types, attrs):
     return [TensorType(shape, dtype)]
 
 
-register_op("concat", _concat, inputs=(1, 1 << 16), attrs=("axis",))
+register_op("concat", _concat, inputs=(1, 1 << 16), attrs=("axis",), traits=(T.FOLLOWS_OPERAND, T.INTEGER_FORM))
 
 
 def _split(types, attrs):
@@ -345,7 +314,7 @@ def _slice(types, attrs):
     return [TensorType(shape, x.dtype)]
 
 
-register_op("slice", _slice, attrs=("starts", "ends", "axes", "steps"))
+register_op("slice", _slice, attrs=("starts", "ends", "axes", "steps"), traits=MOVE)
 
 
 def _gather(types, attrs):
@@ -407,8 +376,9 @@ def _dequantize(types, attrs):
 
 
 register_op("quantize", _quantize, doc="real -> integer, q = clamp(round_half_even(x/scale)+zp); "
-            "scale and zero point come from the result type")
-register_op("dequantize", _dequantize, optional=("to",), doc="integer -> real, scale * (q - zp)")
+            "scale and zero point come from the result type", traits=(T.RETYPABLE_RESULT,))
+register_op("dequantize", _dequantize, optional=("to",), doc="integer -> real, scale * (q - zp)",
+            traits=(T.READS_QUANTIZATION,))
 
 
 def check_result_types(kind: str, inputs: Sequence[TensorType], attrs: dict,

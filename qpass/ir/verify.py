@@ -38,7 +38,7 @@ def problems(graph: Graph) -> list[str]:
     for op in ops:
         where = f"%{op.name} = {op.kind}(...)"
         if op.kind not in OPS:
-            found.append(f"{where}: unknown op kind; register it with qpass.ir.register_op or fix the name")
+            found.append(f"{where}: unknown op kind; define it with qpass.ir.define_op or fix the name")
             continue
         stray = [v.name for v in op.inputs if not graph.has_value(v.name) or graph.value(v.name) is not v]
         if stray:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from qpass.errors import PassError, QpassError
 from qpass.passmgr.instruments import Instrument, VerifyEach
@@ -15,20 +16,42 @@ from qpass.passmgr.pipeline import format_pass, parse_pipeline
 _local = threading.local()
 
 
+@dataclasses.dataclass
+class Analyses:
+    """Results that analysis passes leave for later passes and for the report, each field owned
+    (written) by one pass; `custom` is for passes outside qpass (key them by your pass's name)."""
+
+    ranges: Optional[dict[str, tuple[float, float]]] = None   # range-analysis: value name -> (lo, hi)
+    range_method: Optional[str] = None                         # range-analysis: the observer used
+    float_ops: dict[str, str] = dataclasses.field(default_factory=dict)   # fold-fake-quant: op -> why float
+    bitwidth: Optional[dict[str, dict]] = None                 # assign-bitwidth: layer -> bits, sensitivity
+    adaround: Optional[dict[str, dict]] = None                 # adaround: layer -> loss before/after
+    custom: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class PassContext:
     """Settings for a pipeline run, used as `with PassContext(...) as ctx:`.
 
-    `analyses` is where analysis passes leave their results (e.g. calibrated ranges) for later
-    passes; `options` holds free-form settings shared by passes (e.g. calibration data).
+    The caller owns the settings (`calibration`: a list of samples, each input name -> array;
+    `quiet`: no progress bars); passes read them. `analyses` holds what analysis passes found
+    (see `Analyses`).
     """
 
-    def __init__(self, instruments: Sequence[Instrument] = (), verify_each: bool = False,
-                 options: Optional[dict] = None):
+    def __init__(self, instruments: Sequence[Instrument] = (), verify_each: bool = False, *,
+                 calibration: Optional[list[dict]] = None, quiet: bool = False):
         self.instruments = list(instruments)
         if verify_each and not any(isinstance(i, VerifyEach) for i in self.instruments):
             self.instruments.append(VerifyEach())
-        self.analyses: dict = {}
-        self.options: dict = dict(options or {})
+        self.analyses = Analyses()
+        self.calibration = calibration
+        self.quiet = quiet
+
+    def require_calibration(self, pass_name: str) -> list[dict]:
+        """The calibration samples, or an error saying how to give them."""
+        if not self.calibration:
+            raise PassError(f"{pass_name} needs calibration data: pass calibration=... to qpass.quantize, "
+                            "--calib PATH on the command line, or PassContext(calibration=samples)")
+        return list(self.calibration)
 
     def __enter__(self) -> "PassContext":
         stack = getattr(_local, "stack", [])

@@ -219,7 +219,7 @@ def _quantize(parser):
         ctx = PassContext([DumpIR(args.dump_ir)] if args.dump_ir else [], verify_each=True)
         quantized = quantize(graph, samples, pipeline=pipeline, ctx=ctx, quiet=args.quiet)
         report = quantization_report(run_passes(graph.copy(), CANONICALIZE), quantized, samples[:16],
-                                     ctx.analyses.get("float-ops"), ctx.analyses.get("bitwidth"))
+                                     ctx.analyses.float_ops, ctx.analyses.bitwidth)
         save(quantized, args.output)
         if args.report:
             from qpass.ir.serialize import atomic_write

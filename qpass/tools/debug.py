@@ -142,7 +142,7 @@ def debug_model(graph: Graph, calibration: Samples, bits: Union[int, str] = 8, m
     end = names.index("fold-fake-quant") if "fold-fake-quant" in names else len(passes)
     calibration = load_calibration(calibration, graph)
     measured = calibration[:samples]
-    ctx = PassContext(options={"calibration": calibration, "quiet": quiet})
+    ctx = PassContext(calibration=calibration, quiet=quiet)
     with ctx:
         reference = run_passes(graph.copy(), passes[:split], ctx)
         fake = run_passes(reference.copy(), passes[split:end], ctx)
