@@ -46,19 +46,56 @@ def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
     return multiplier.astype(np.int32).reshape(shape), shift.astype(np.int32).reshape(shape)
 
 
-def multiply_by_quantized(x: np.ndarray, multiplier, shift) -> np.ndarray:
+class NumpyArithmetic:
+    """The integer operations the rules below use, on numpy arrays (int64)."""
+
+    @staticmethod
+    def int64(x):
+        return np.asarray(x).astype(np.int64)
+
+    minimum, maximum = staticmethod(np.minimum), staticmethod(np.maximum)
+
+
+class TirArithmetic:
+    """The same operations on TVM TIR expressions (int64), so compiled kernels apply the very
+    rules the interpreter applies."""
+
+    @staticmethod
+    def int64(x):
+        from tvm import tirx
+        return tirx.const(int(x), "int64") if isinstance(x, (int, np.integer)) else x.astype("int64")
+
+    @staticmethod
+    def minimum(a, b):
+        from tvm import tirx
+        return tirx.min(a, b)
+
+    @staticmethod
+    def maximum(a, b):
+        from tvm import tirx
+        return tirx.max(a, b)
+
+
+NUMPY = NumpyArithmetic()
+TIR = TirArithmetic()
+
+
+def rounding_shift(x, shift, arith=NUMPY):
+    """(x + 2^(s-1)) >> s: x * 2^-s rounded to nearest, ties toward +infinity (arithmetic shift)."""
+    s = arith.int64(shift)
+    return (arith.int64(x) + (arith.int64(1) << (s - arith.int64(1)))) >> s
+
+
+def multiply_by_quantized(x, multiplier, shift, arith=NUMPY):
     """x * m * 2^-s rounded to nearest, ties up; exact integer arithmetic (int64 result)."""
-    x = np.asarray(x).astype(np.int64)
-    m = np.asarray(multiplier, dtype=np.int64)
-    s = np.asarray(shift, dtype=np.int64)
-    return (x * m + (np.int64(1) << (s - 1))) >> s
+    return rounding_shift(arith.int64(x) * arith.int64(multiplier), shift, arith)
 
 
-def requantize(acc: np.ndarray, multiplier, shift, zero_point, lo: int, hi: int) -> np.ndarray:
-    """clamp(multiply_by_quantized(acc) + zero_point, lo, hi) as int64."""
-    return np.clip(multiply_by_quantized(acc, multiplier, shift) + np.asarray(zero_point, np.int64), lo, hi)
+def clamp(x, lo, hi, arith=NUMPY):
+    """x limited to [lo, hi]."""
+    return arith.maximum(arith.minimum(x, arith.int64(hi)), arith.int64(lo))
 
 
-def round_half_even_divide(x, scale) -> np.ndarray:
-    """x / scale rounded half to even, in float32 like ONNX QuantizeLinear."""
-    return np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32))
+def requantize(acc, multiplier, shift, zero_point, lo: int, hi: int, arith=NUMPY):
+    """clamp(multiply_by_quantized(acc) + zero_point, lo, hi) as int64: the one requantize rule."""
+    return clamp(multiply_by_quantized(acc, multiplier, shift, arith) + arith.int64(zero_point), lo, hi, arith)
