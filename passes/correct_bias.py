@@ -7,7 +7,7 @@ import numpy as np
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import evaluate, interpret
-from qpass.quant import WEIGHTED_KINDS, quantized_weight, set_bias
+from qpass.quant import is_float_layer, quantized_weight, set_bias
 from qpass.quant.calibration import iterate
 
 def weight_error(graph, op):
@@ -40,7 +40,7 @@ class CorrectBias(Pass):
             raise PassError("correct-bias measures the output shift on calibration data; none was given")
         layers = {}
         for op in graph.ops:
-            if op.kind in WEIGHTED_KINDS:
+            if is_float_layer(op):
                 error = weight_error(graph, op)
                 if error is not None and np.any(error):
                     layers.setdefault(op.inputs[0].name, []).append((op, error))

@@ -17,7 +17,7 @@ from qpass.errors import PassError
 from qpass.interpreter import interpret
 from qpass.ir.graph import Graph, Op
 from qpass.ir.types import is_float
-from qpass.quant import WEIGHTED_KINDS, set_bias
+from qpass.quant import is_float_layer, set_bias
 from qpass.quant.calibration import iterate
 
 # Activations that are the identity on [0, inf) and positive-homogeneous: f(x / s) = f(x) / s for s > 0.
@@ -73,7 +73,7 @@ def find_pairs(graph: Graph, relu6: str) -> list[Pair]:
     """Every conv2d/dense whose result reaches exactly one other conv2d/dense through channel-keeping ops."""
     pairs = []
     for first in graph.ops:
-        if first.kind not in WEIGHTED_KINDS or not _has_float_constants(first):
+        if not is_float_layer(first) or not _has_float_constants(first):
             continue
         value, path = first.output, []
         axis = 1 if first.kind == "conv2d" else value.type.rank - 1
@@ -82,7 +82,7 @@ def find_pairs(graph: Graph, relu6: str) -> list[Pair]:
             if len(users) != 1 or graph.is_output(value):
                 break
             user = users[0]
-            if user.kind in WEIGHTED_KINDS:
+            if is_float_layer(user):
                 fits = axis == (1 if user.kind == "conv2d" else value.type.rank - 1)
                 if fits and user.inputs[0] is value and _has_float_constants(user):
                     pairs.append(Pair(first, user, path))

@@ -6,13 +6,9 @@ from typing import Literal
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.ir.types import TensorType, is_float
-from qpass.quant import INTEGER_KINDS, MOVE_KINDS, WEIGHTED_KINDS
+from qpass.ir.opdef import Trait, has_trait
+from qpass.quant import is_float_layer
 from qpass.quant.params import activation_params, weight_params
-
-FUSED_ACTIVATIONS = {"relu", "clip"}           # quantized after, not before, when they follow a producer
-FUSING_PRODUCERS = {"conv2d", "dense", "add"}
-# Ops that move values without changing them (MOVE_KINDS) reuse their operand's parameters,
-# so the fake-quant pair around them cancels after folding.
 
 
 def insert_fake_quant(graph, value, params, dtype):
@@ -57,7 +53,7 @@ class Quantize(Pass):
         changed = False
         kept_int8 = self.int8_layers(graph)
         for op in graph.ops:
-            if op.kind not in WEIGHTED_KINDS or any(fnmatch(op.name, p) for p in self.keep_float):
+            if not is_float_layer(op) or any(fnmatch(op.name, p) for p in self.keep_float):
                 continue
             weight = op.inputs[1]
             if not weight.is_constant or not is_float(weight.type.dtype):
@@ -83,14 +79,18 @@ class Quantize(Pass):
             if producer is not None and producer.kind in ("quantize", "dequantize"):
                 continue
             users = graph.users(value)
-            if producer is not None and producer.kind not in INTEGER_KINDS \
-                    and not any(user.kind in INTEGER_KINDS for user in users):
+            if producer is not None and not has_trait(producer.kind, Trait.INTEGER_FORM) \
+                    and not any(has_trait(user.kind, Trait.INTEGER_FORM) for user in users):
                 continue
-            if producer is not None and producer.kind in FUSING_PRODUCERS and len(users) == 1 \
-                    and users[0].kind in FUSED_ACTIVATIONS and not graph.is_output(value):
+            # An activation right after its producer is quantized after it, not before: it folds
+            # into the producer's clamp.
+            if producer is not None and has_trait(producer.kind, Trait.FUSES_ACTIVATION) and len(users) == 1 \
+                    and has_trait(users[0].kind, Trait.ACTIVATION) and not graph.is_output(value):
                 continue
+            # Data movement reuses its operand's parameters, so the fake-quant pair around it
+            # cancels after folding.
             params = None
-            if producer is not None and producer.kind in MOVE_KINDS:
+            if producer is not None and has_trait(producer.kind, Trait.DATA_MOVEMENT):
                 source = graph.producer(producer.inputs[0])
                 if source is not None and source.kind == "dequantize":
                     params = source.inputs[0].type.quant
@@ -101,7 +101,7 @@ class Quantize(Pass):
 
     def int8_layers(self, graph) -> set[str]:
         """Names of the conv/dense ops that keep-int8 names (first / last, or by pattern)."""
-        layers = [op.name for op in graph.ops if op.kind in WEIGHTED_KINDS]
+        layers = [op.name for op in graph.ops if is_float_layer(op)]
         chosen = {name for name in layers if any(fnmatch(name, p) for p in self.keep_int8)}
         if layers and "first" in self.keep_int8:
             chosen.add(layers[0])

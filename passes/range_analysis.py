@@ -5,18 +5,15 @@ from typing import Literal
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import interpret
+from qpass.ir.opdef import op_def
 from qpass.ir.types import is_float
 from qpass.quant.calibration import check_samples, iterate
 from qpass.quant.observers import OBSERVERS
 
-# Ops whose result range is known whatever the input: (lo, hi), None for open.
-STATIC = {"relu": lambda a: (0.0, None), "sigmoid": lambda a: (0.0, 1.0), "tanh": lambda a: (-1.0, 1.0),
-          "hard_sigmoid": lambda a: (0.0, 1.0),
-          "clip": lambda a: (a.get("min"), a.get("max"))}
-
 
 def static_range(op):
-    rule = STATIC.get(op.kind)
+    """The (lo, hi) range `op`'s definition guarantees for its result (None for an open end)."""
+    rule = op_def(op.kind).static_range
     return rule(op.attrs) if rule else (None, None)
 
 

@@ -18,19 +18,24 @@ from typing import Optional, Union
 import numpy as np
 
 from qpass.api import CANONICALIZE, quantization_pipeline
+from qpass.backends import backend
 from qpass.errors import QpassError
 from qpass.passmgr.instruments import DumpIR, PrintAfter, Timing
 from qpass.ir.graph import Graph
+from qpass.ir.opdef import Trait, op_def
 from qpass.passmgr.manager import PassContext, run_passes
 
 FOLD_QDQ = f"{CANONICALIZE},fold-fake-quant,fuse-requant,eliminate-dead-code"
-INTEGER_KINDS = {"qconv2d", "qdense", "qadd", "qmul", "qreduce_mean", "lut", "requantize"}
+
+
+def is_integer(op) -> bool:
+    return op_def(op.kind).has(Trait.INTEGER)
 
 
 def model_kind(graph: Graph) -> str:
     """"integer" (already compiled IR), "qdq" (fake-quant pairs, e.g. from a QAT tool) or "float"."""
     kinds = {op.kind for op in graph.ops}
-    if kinds & INTEGER_KINDS:
+    if any(is_integer(op) for op in graph.ops):
         return "integer"
     return "qdq" if {"quantize", "dequantize"} <= kinds else "float"
 
@@ -39,7 +44,7 @@ def weight_bytes(graph: Graph) -> int:
     """Bytes of the conv/dense weights as deployed (int4 packed two per byte)."""
     total = 0
     for op in graph.ops:
-        if op.kind in ("conv2d", "dense", "qconv2d", "qdense") and op.inputs[1].is_constant:
+        if op_def(op.kind).has(Trait.WEIGHTED) and op.inputs[1].is_constant:
             t = op.inputs[1].type
             bits = {"f32": 32, "f16": 16, "i4": 4, "u4": 4}.get(t.dtype, 8)
             if t.quant is not None and t.quant.bits:
@@ -52,7 +57,7 @@ def weight_bytes(graph: Graph) -> int:
 class CompiledModel:
     """The result of `compile`: save it as OUTDIR, or run it here."""
 
-    built: object                    # qpass.targets.build.Built
+    built: object                    # what the backend built (see qpass.backends)
     report: dict
     _dir: Optional[Path] = None
     _tmp: Optional[tempfile.TemporaryDirectory] = None
@@ -62,16 +67,14 @@ class CompiledModel:
         return self.built.graph
 
     def save(self, outdir, force: bool = False) -> Path:
-        from qpass.targets.artifact import write_artifact
-        self._dir = write_artifact(self.built, outdir, self.report, force=force)
+        self._dir = backend().write_artifact(self.built, outdir, self.report, force=force)
         return self._dir
 
     def artifact(self):
-        from qpass.targets.artifact import Artifact
         if self._dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="qpass-")
             self.save(Path(self._tmp.name) / "model")
-        return Artifact(self._dir)
+        return backend().load_artifact(self._dir)
 
     def run(self, inputs: dict) -> dict:
         return self.artifact().run(inputs)
@@ -83,9 +86,7 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
             input_shapes: Optional[dict] = None, dump_ir=None, print_ir_after_all: bool = False,
             quiet: bool = True) -> CompiledModel:
     """Compile a model for a target triple; see the module docstring for the steps."""
-    from qpass.targets.build import build
-    from qpass.targets.registry import resolve_target
-    spec = resolve_target(target, mcpu, mattr, arch)              # unknown targets fail before any work
+    spec = backend().resolve_target(target, mcpu, mattr, arch)    # unknown targets fail before any work
     start = time.perf_counter()
     graph = _load(model, input_shapes)
     kind = model_kind(graph)
@@ -110,7 +111,7 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
     with ctx:
         integer = run_passes(graph.copy(), pipeline, ctx) if pipeline else graph
     passes_done = time.perf_counter()
-    built = build(integer, spec)
+    built = backend().build(integer, spec)
     report = _report(graph, integer, built, float_graph, samples, ctx, timing, kind)
     report["compile_seconds"] = {"passes": round(passes_done - start, 3), "build": round(built.seconds, 3),
                                  "total": round(time.perf_counter() - start, 3)}
@@ -134,7 +135,7 @@ def _report(graph, integer, built, float_graph, samples, ctx, timing, kind) -> d
     report = {"model": {"name": graph.name, "kind": kind,
                         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype}
                                    for v in graph.inputs],
-                        "ops": len(graph.ops), "integer_ops": sum(op.kind in INTEGER_KINDS for op in integer.ops)},
+                        "ops": len(graph.ops), "integer_ops": sum(is_integer(op) for op in integer.ops)},
               "target": built.spec.describe(), "micro_kernel": built.spec.micro_kernel,
               "size": {"float_weight_bytes": weight_bytes(graph), "weight_bytes": weight_bytes(integer)},
               "passes": [{"pass": name, "ms": round(s * 1e3, 2), "changed": changed}

@@ -1,6 +1,7 @@
 """Accuracy tools: cross-layer equalization, bias correction, AdaRound, the debugger and its charts."""
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -364,3 +365,30 @@ def test_bar_chart_svg_is_valid_and_escapes_labels():
                                            "activations": [20.0, 12.5, float("nan")]}, "SQNR <per> layer", "dB")
     with pytest.raises(ValueError, match="2 values for 3 labels"):
         bar_chart_svg(["a", "b", "c"], {"s": [1.0, 2.0]}, "t", "y")
+
+
+def test_adaround_gives_the_same_weights_however_busy_the_machine_is():
+    """The run is a fixed number of optimizer steps: a second run while every core is busy gives
+    the very same integer weights as a run on a quiet machine."""
+    import multiprocessing
+    g, calibration = single_conv(), conv_inputs(16, seed=3)
+    quiet = qpass.quantize(g, calibration, bits=4, adaround=True, quiet=True)
+    hogs = [multiprocessing.Process(target=_spin, args=(3.0,)) for _ in range(2 * (os.cpu_count() or 1))]
+    for hog in hogs:
+        hog.start()
+    try:
+        busy = qpass.quantize(g, calibration, bits=4, adaround=True, quiet=True)
+    finally:
+        for hog in hogs:
+            hog.join()
+    weights = [[op.inputs[1].data for op in graph.find_ops("qconv2d")] for graph in (quiet, busy)]
+    assert len(weights[0]) == 1 and all(np.array_equal(a, b) for a, b in zip(*weights))
+    assert print_graph(quiet) == print_graph(busy)
+
+
+def _spin(seconds: float) -> None:
+    """Keep one core busy for a while (a bounded loop: it stops by itself)."""
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sum(range(1000))

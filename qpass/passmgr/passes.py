@@ -20,6 +20,7 @@ from qpass.ir.graph import Graph
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 ENTRY_POINT_GROUP = "qpass.passes"
+BUILTIN_PACKAGE = "qpass.passes"                 # found by name: the core never imports a pass itself
 
 
 @dataclasses.dataclass
@@ -81,8 +82,23 @@ class Pass:
         return out
 
     def __str__(self) -> str:
-        from qpass.passmgr.pipeline import format_pass
         return format_pass(self)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    text = str(value)
+    return f'"{text}"' if re.search(r'[,{}\[\]\s"]', text) else text
+
+
+def format_pass(p: Pass) -> str:
+    options = p.non_default_options()
+    if not options:
+        return p.name
+    return p.name + "{" + ",".join(f"{k}={_format_value(v)}" for k, v in options.items()) + "}"
 
 
 def _convert(pass_name: str, key: str, text: str, hint) -> Any:
@@ -159,9 +175,9 @@ class PassRegistry:
         if self._discovered:
             return
         self._discovered = True
-        import qpass.passes as builtin
+        builtin = importlib.import_module(BUILTIN_PACKAGE)
         for module in pkgutil.iter_modules(builtin.__path__):
-            importlib.import_module(f"qpass.passes.{module.name}")
+            importlib.import_module(f"{BUILTIN_PACKAGE}.{module.name}")
         from importlib.metadata import entry_points
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:

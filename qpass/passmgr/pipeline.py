@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from qpass.errors import ParseError
-from qpass.passmgr.passes import REGISTRY, Pass
+from qpass.passmgr.passes import REGISTRY, Pass, format_pass
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
@@ -100,22 +100,6 @@ def parse_pipeline_spec(text: str) -> list[tuple[str, dict[str, str]]]:
 def parse_pipeline(text: str) -> list[Pass]:
     """Parse a pipeline string into configured pass instances (unknown names and options are errors)."""
     return [REGISTRY.get(name).from_options(options) for name, options in parse_pipeline_spec(text)]
-
-
-def _format_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    text = str(value)
-    return f'"{text}"' if re.search(r'[,{}\[\]\s"]', text) else text
-
-
-def format_pass(p: Pass) -> str:
-    options = p.non_default_options()
-    if not options:
-        return p.name
-    return p.name + "{" + ",".join(f"{k}={_format_value(v)}" for k, v in options.items()) + "}"
 
 
 def format_pipeline(passes: list[Pass]) -> str:

@@ -1,7 +1,13 @@
 """Quantization support shared by the built-in passes: observers, parameter choice, calibration data."""
 
-# Ops whose operand 1 is a weight that `quantize` fake-quantizes (output channels on the weight's axis 0).
-WEIGHTED_KINDS = frozenset({"conv2d", "dense"})
+from qpass.ir.opdef import Trait, op_def
+
+
+def is_float_layer(op) -> bool:
+    """A float op whose operand 1 is a weight with output channels on axis 0 (conv2d, dense): the
+    ops whose weights `quantize` fake-quantizes."""
+    d = op_def(op.kind)
+    return d.has(Trait.WEIGHTED) and not d.has(Trait.INTEGER)
 
 
 def quantized_weight(graph, op):
@@ -10,7 +16,7 @@ def quantized_weight(graph, op):
     The weight operand must be `dequantize(q)` where q is `quantize(float constant)` (written by
     the quantize pass) or an integer constant (an imported QDQ model).
     """
-    if op.kind not in WEIGHTED_KINDS:
+    if not is_float_layer(op):
         return None
     dq = graph.producer(op.inputs[1])
     if dq is None or dq.kind != "dequantize":

@@ -8,9 +8,16 @@ import numpy as np
 
 from qpass.interpreter import interpret
 from qpass.ir.graph import Graph
+from qpass.ir.opdef import Trait, op_def
 from qpass.quant.params import dequantize_array
 
-LAYER_KINDS = ("qconv2d", "qdense", "qadd", "qmul", "qreduce_mean", "lut", "requantize", "concat")
+
+def is_layer(op) -> bool:
+    """An op the report gives a row: one that computes new integer values (integer ops, and ops
+    such as concat that join quantized operands), not one that only moves them."""
+    d = op_def(op.kind)
+    return d.has(Trait.INTEGER) or (d.has(Trait.INTEGER_FORM) and d.has(Trait.FOLLOWS_OPERAND)
+                                    and not d.has(Trait.DATA_MOVEMENT))
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -33,7 +40,7 @@ def quantization_report(float_graph: Graph, quantized: Graph, samples: list[dict
     """
     watched = {}
     for op in quantized.ops:
-        if op.kind in LAYER_KINDS and op.output.type.quant is not None:
+        if is_layer(op) and op.output.type.quant is not None:
             name = _float_name(op.output.name)
             if float_graph.has_value(name):
                 watched[op.output.name] = name
@@ -57,7 +64,7 @@ def quantization_report(float_graph: Graph, quantized: Graph, samples: list[dict
         t = op.output.type
         reference = np.concatenate([a.reshape(-1) for a in ref_values[watched[op.output.name]]])
         test = np.concatenate([dequantize_array(a, t.quant).reshape(-1) for a in q_values[op.output.name]])
-        weight = op.inputs[1].type if op.kind in ("qconv2d", "qdense") else None
+        weight = op.inputs[1].type if op_def(op.kind).has(Trait.WEIGHTED) else None
         layers.append({
             "name": op.output.name, "op": op.kind, "dtype": t.dtype,
             "scale": float(t.quant.scale), "zero_point": int(t.quant.zero_point),

@@ -18,14 +18,14 @@ from typing import Optional, Union
 
 import numpy as np
 
-from qpass.tools.cli import add_quantization_options, command, load_model
+from qpass.tools.commands import add_quantization_options, command, load_model
 from qpass.errors import QpassError
 from qpass.interpreter import interpret, run_op
 from qpass.ir.graph import Graph, Op, Value
 from qpass.ir.types import TensorType, dtype_bits
 from qpass.passmgr.manager import PassContext, run_passes
 from qpass.passmgr.pipeline import parse_pipeline
-from qpass.quant import WEIGHTED_KINDS, quantized_weight
+from qpass.quant import is_float_layer, quantized_weight
 from qpass.quant.calibration import Samples, load_calibration
 from qpass.quant.report import sqnr_db
 
@@ -146,7 +146,7 @@ def debug_model(graph: Graph, calibration: Samples, bits: Union[int, str] = 8, m
     with ctx:
         reference = run_passes(graph.copy(), passes[:split], ctx)
         fake = run_passes(reference.copy(), passes[split:end], ctx)
-    layers = [op for op in fake.ops if op.kind in WEIGHTED_KINDS and quantized_weight(fake, op) is not None]
+    layers = [op for op in fake.ops if is_float_layer(op) and quantized_weight(fake, op) is not None]
     if not layers:
         raise QpassError(f"graph @{graph.name} has no conv2d/dense layer with quantized weights to debug")
     watched = {}

@@ -21,7 +21,7 @@ from typing import Optional
 
 import networkx as nx
 
-from qpass.tools.cli import command, load_model
+from qpass.tools.commands import command, load_model
 from qpass.errors import QpassError
 from qpass.ir.graph import Graph, Op, Value
 from qpass.ir.serialize import atomic_write
