@@ -13,7 +13,7 @@ from tqdm import tqdm
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import evaluate, run_op
-from qpass.interpreter.float_kernels import _windows
+from qpass.ops.common import windows as _windows
 from qpass.ir.graph import Graph, Op
 from qpass.ir.types import dtype_range
 from qpass.quant import quantized_weight, set_bias

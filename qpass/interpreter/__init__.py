@@ -1,8 +1,9 @@
 """The reference interpreter: executes any IR graph in numpy. It is the golden model.
 
-Kernels register per op kind with `@kernel("kind")`; a kernel takes the op (for attributes and
-result types) and its operand arrays and returns one array per result. Float kernels compute in
-float32 like ONNX Runtime; integer kernels are exact and use no floats inside integer ops.
+Each op's kernel is part of its definition (`OpDef.kernel`, see qpass.ops): it takes the op (for
+attributes and result types) and its operand arrays and returns one array per result. Float
+kernels compute in float32 like ONNX Runtime; integer kernels are exact and use no floats inside
+integer ops.
 """
 
 from __future__ import annotations
@@ -13,39 +14,16 @@ import numpy as np
 
 from qpass.errors import InterpreterError, QpassError
 from qpass.ir.graph import Graph, Op, Value
+from qpass.ir.opdef import infer_types, op_def
 from qpass.ir.types import MissingData, TensorType
-
-KernelFn = Callable[..., object]
-KERNELS: dict[str, KernelFn] = {}
-
-
-def kernel(kind: str):
-    """Register the numpy implementation of op `kind` (one per kind)."""
-    def wrap(fn: KernelFn) -> KernelFn:
-        if kind in KERNELS:
-            raise InterpreterError(f"a kernel for '{kind}' is already registered")
-        KERNELS[kind] = fn
-        return fn
-    return wrap
-
-
-def _load_kernels():
-    from qpass.interpreter import float_kernels, integer_kernels  # noqa: F401  (register on import)
-    global _LOADED
-    _LOADED = True
-
-
-_LOADED = False
 
 
 def run_op(op: Op, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Execute one op on concrete operands; results are cast to the declared result dtypes."""
-    if not _LOADED:                    # importing one kernel module elsewhere must not hide the other
-        _load_kernels()
-    fn = KERNELS.get(op.kind)
+    fn = op_def(op.kind).kernel
     if fn is None:
-        raise InterpreterError(f"the interpreter has no kernel for op kind '{op.kind}' (%{op.name}); "
-                               "register one with @qpass.interpreter.kernel")
+        raise InterpreterError(f"the interpreter cannot run %{op.name}: the definition of op kind '{op.kind}' "
+                               "has no kernel; give its OpDef a kernel=(op, *arrays) function")
     out = fn(op, *arrays)
     results = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(results) != len(op.outputs):
@@ -76,7 +54,6 @@ def evaluate(kind: str, arrays: list[np.ndarray], attrs: Optional[dict] = None,
     `input_types` annotates the operands (dequantize reads its scale from the operand's
     quantization); without it each operand's type is that of its array.
     """
-    from qpass.ir.opdef import infer_types
     attrs = dict(attrs or {})
     arrays = [np.asarray(a) for a in arrays]
     if input_types is None:

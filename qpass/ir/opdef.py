@@ -21,7 +21,8 @@ from typing import Callable, Optional, Sequence
 from qpass.errors import IRError
 
 ENTRY_POINT_GROUP = "qpass.ops"
-BUILTIN_MODULES = ("qpass.ir.ops", "qpass.ir.int_ops")
+BUILTIN_MODULES = ("qpass.ops.elementwise", "qpass.ops.nn", "qpass.ops.movement", "qpass.ops.quantization",
+                   "qpass.ops.integer")
 
 
 class Trait(str, enum.Enum):
@@ -47,6 +48,7 @@ class Trait(str, enum.Enum):
 InferFn = Callable[[Sequence[object], dict], list]
 KernelFn = Callable[..., object]
 LowerFn = Callable[[object, object], object]
+CheckResultsFn = Callable[[Sequence[object], dict, Sequence[object]], Optional[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +58,13 @@ class OpDef:
     `infer(operand_types, attrs)` gives the result types or raises IRError naming the problem.
     `kernel(op, *arrays)` is the interpreter's numpy implementation (one array per result).
     `lower(lowering, op)` emits it into a TVM Relax module: it returns the Relax expression of a
-    single result, or None when it bound the results itself (see qpass.targets.lower for what
-    `lowering` offers); `lower=None` means no target compiles the op, which `qpass compile`
+    single result, or None when it bound the results itself (qpass.targets.lower.Lowering lists
+    what `lowering` offers); `lower=None` means no target compiles the op, which `qpass compile`
     reports before any other work. `static_range(attrs)` is the (lo, hi) range every result
     value lies in whatever the input (None for an open end), if there is one.
+    `check_results(operand_types, attrs, declared_types)` replaces the comparison with `infer`
+    in verification, for an op whose result types are given rather than inferred (quantize): it
+    says why the declared types are wrong, or returns None.
     """
 
     name: str
@@ -72,6 +77,7 @@ class OpDef:
     lower: Optional[LowerFn] = None
     static_range: Optional[Callable[[dict], tuple]] = None
     doc: str = ""
+    check_results: Optional[CheckResultsFn] = None
 
     def __post_init__(self):
         inputs = (self.inputs, self.inputs) if isinstance(self.inputs, int) else tuple(self.inputs)
@@ -182,3 +188,17 @@ def infer_types(kind: str, types: Sequence, attrs: dict) -> list:
         raise IRError(f"{kind} has no attribute(s) {', '.join(unknown)}; it takes "
                       f"{', '.join(d.attrs + d.optional_attrs) or 'none'}")
     return d.infer(types, attrs)
+
+
+def check_result_types(kind: str, inputs: Sequence, attrs: dict, declared: Sequence) -> Optional[str]:
+    """Why `declared` result types disagree with op `kind` on these operands, or None (verify uses it)."""
+    d = op_def(kind)
+    if d.check_results is not None:
+        return d.check_results(inputs, attrs, declared)
+    inferred = infer_types(kind, inputs, attrs)
+    if len(inferred) != len(declared):
+        return f"{kind} gives {len(inferred)} results, {len(declared)} declared"
+    for i, (a, b) in enumerate(zip(inferred, declared)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"result {i} is declared {b} but {kind} of these operands gives {a}"
+    return None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qpass.errors import IRError
-from qpass.ir.graph import Graph, Value
-from qpass.ir.ops import OPS, check_result_types
+from qpass.ir.opdef import OPS, check_result_types
 from qpass.ir.text import format_type
 from qpass.ir.types import MissingData, dtype_range
+
+if TYPE_CHECKING:                      # graph.py calls verify: importing it here would be a cycle
+    from qpass.ir.graph import Graph, Value
 
 
 def _value_problems(v: Value) -> list[str]:
