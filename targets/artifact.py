@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -104,15 +103,17 @@ def write_artifact(built, outdir, report: dict, force: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{outdir.name}."))
     try:
         spec = built.spec
-        cc = "aarch64-linux-gnu-g++" if spec.family == "arm" else None
+        family = spec.family_target
+        cc, package = family.linker or (None, None)
         if cc and shutil.which(cc) is None:
-            raise QpassError(f"{cc} is not installed; it links the aarch64 library (apt-get install "
-                             "g++-aarch64-linux-gnu)")
+            raise QpassError(f"{cc} is not installed; it links the {spec.triple} library (apt-get install "
+                             f"{package})")
         built.executable.export_library(str(staging / LIBRARY), **({"cc": cc} if cc else {}))
-        if spec.family == "arm":
+        if family.standalone_runner:
             build_runner(staging)
-        if spec.family == "cuda":
-            (staging / "model.cu").write_text(cuda_source(built.executable))
+        if family.device_source:
+            kind, name = family.device_source
+            (staging / name).write_text(device_source(built.executable, kind))
         save(built.graph, staging / "model.qir")
         meta = {"target": {"triple": spec.triple, "mcpu": spec.mcpu, "mattr": list(spec.mattr), "arch": spec.arch},
                 "inputs": _describe(built.graph.inputs), "outputs": _describe(built.graph.outputs)}
@@ -137,10 +138,10 @@ def _jsonable(value):
     return str(value)
 
 
-def cuda_source(executable) -> str:
-    """The CUDA C source TVM generated (the device module inside the host module)."""
+def device_source(executable, kind: str) -> str:
+    """The source TVM generated for the device module of `kind` inside the host module ("" if none)."""
     def find(module):
-        if module.kind == "cuda":
+        if module.kind == kind:
             return module
         for child in module.imports:
             found = find(child)
@@ -148,7 +149,12 @@ def cuda_source(executable) -> str:
                 return found
         return None
     device = find(executable.mod)
-    return device.inspect_source("cuda") if device is not None else ""
+    return device.inspect_source(kind) if device is not None else ""
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C source TVM generated."""
+    return device_source(executable, "cuda")
 
 
 def physical_cores() -> int:
@@ -220,8 +226,8 @@ class Artifact:
         ok, why = self.runnable()
         if not ok:
             raise QpassError(f"cannot run a {self.spec.describe()} artifact here: {why}")
-        if self.spec.family == "arm" and platform.machine() != "aarch64":
-            results = self._run_qemu(arrays)
+        if self.spec.family_target.emulated():
+            results = self._run_emulated(arrays)
         else:
             results = self._run_vm(arrays)
         return {o["name"]: r for o, r in zip(self.meta["outputs"], results)}
@@ -231,7 +237,7 @@ class Artifact:
         if self._vm is None:
             import tvm
             from tvm import relax
-            device = tvm.cuda(0) if self.spec.family == "cuda" else tvm.cpu(0)
+            device = self.spec.family_target.device()
             use_every_core()
             library = tvm.runtime.load_module(str(self.dir / LIBRARY))
             self._vm = (relax.VirtualMachine(library, device)["main"], device)
@@ -243,26 +249,28 @@ class Artifact:
         result = main(*[tvm.runtime.tensor(a, device) for a in arrays])
         return [r.numpy() for r in result]
 
-    def _run_qemu(self, arrays):
+    def _run_emulated(self, arrays):
+        """Run the standalone runner under the family's emulator, through .npy files."""
         if not (self.dir / RUNNER).is_file():
-            raise QpassError(f"{self.dir} has no {RUNNER}; recompile it for aarch64-linux-gnu")
+            raise QpassError(f"{self.dir} has no {RUNNER}; recompile it for {self.spec.triple}")
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for k, a in enumerate(arrays):
                 paths.append(str(Path(tmp) / f"in{k}.npy"))
                 np.save(paths[-1], a)
-            cmd = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-E", "LD_PRELOAD=./libtvm_runtime.so",
-                   "-E", "LD_LIBRARY_PATH=.", f"./{RUNNER}", LIBRARY, *paths, "-o", str(Path(tmp) / "out")]
+            emulator = self.spec.family_target.emulator_command(
+                {"LD_PRELOAD": "./libtvm_runtime.so", "LD_LIBRARY_PATH": "."})
+            cmd = [*emulator, f"./{RUNNER}", LIBRARY, *paths, "-o", str(Path(tmp) / "out")]
             result = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True)
             if result.returncode != 0:
-                raise QpassError(f"the aarch64 runner failed under qemu (exit {result.returncode}): "
-                                 f"{result.stderr.strip()[-600:]}")
+                raise QpassError(f"the {self.spec.triple} runner failed under {emulator[0]} (exit "
+                                 f"{result.returncode}): {result.stderr.strip()[-600:]}")
             return [np.load(Path(tmp) / f"out{k}.npy") for k in range(len(self.meta["outputs"]))]
 
     def time(self, inputs: dict, repeat: int = 20) -> Optional[dict]:
         """Median and spread of run time in ms where the library runs natively (not under qemu)."""
         import time as clock
-        if not self.runnable()[0] or (self.spec.family == "arm" and platform.machine() != "aarch64"):
+        if not self.runnable()[0] or self.spec.family_target.emulated():
             return None
         import tvm
         main, device = self.vm_function()

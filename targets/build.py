@@ -31,7 +31,7 @@ def legalize(graph, spec: TargetSpec):
 def schedule(lowered: Lowered, spec: TargetSpec) -> tuple[object, list[dict]]:
     """Apply qpass's schedule to each kernel; a kernel whose schedule fails stays correct but slow."""
     import tvm
-    from qpass.targets import schedule as S
+    family = spec.family_target
     mod = lowered.module
     summary = []
     for kernel in lowered.kernels:
@@ -40,19 +40,19 @@ def schedule(lowered: Lowered, spec: TargetSpec) -> tuple[object, list[dict]]:
         how = "plain loops"
         try:
             if kernel.kind == "conv":
-                (S.schedule_cuda_conv if spec.family == "cuda" else S.schedule_cpu_conv)(sch, kernel.plan)
+                family.schedule_conv(sch, kernel.plan)
                 how = kernel.plan.micro_kernel or kernel.plan.kind
-            elif spec.family != "cuda":
-                S.schedule_cpu_elementwise(sch)
-                how = "vectorized"
+            elif family.default_schedule:
+                continue                # elementwise kernels get the pipeline's (dlight's on a GPU)
             else:
-                continue                # GPU elementwise kernels get dlight's default schedule
+                family.schedule_elementwise(sch)
+                how = "vectorized"
         except Exception as e:          # noqa: BLE001 - TVM raises many kinds; the kernel stays unscheduled
             lowered.notes.append(f"{kernel.name}: schedule failed ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:160]}); left as plain loops")
             sch = tvm.s_tir.Schedule(mod[gv])
             how = "unscheduled"
-            if spec.family == "cuda":
+            if family.default_schedule:
                 continue
         mod[gv] = sch.mod["main"].with_attr("tir.is_scheduled", True)
         summary.append({"kernel": kernel.name, "op": kernel.op, "schedule": how})
@@ -60,14 +60,11 @@ def schedule(lowered: Lowered, spec: TargetSpec) -> tuple[object, list[dict]]:
 
 
 def relax_pipeline(spec: TargetSpec):
+    """Legalize the Relax ops, the family's own steps (dlight on CUDA), then TVM's default build."""
     import tvm
     from tvm import relax
-    steps = [relax.transform.LegalizeOps()]
-    if spec.family == "cuda":
-        from tvm.s_tir import dlight
-        steps.append(dlight.ApplyDefaultSchedule(dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
-                                                 dlight.gpu.Fallback()))
-    steps.append(relax.pipeline.default_build_pipeline())
+    steps = [relax.transform.LegalizeOps(), *spec.family_target.relax_steps(),
+             relax.pipeline.default_build_pipeline()]
     return tvm.transform.Sequential(steps)
 
 

@@ -6,6 +6,9 @@ and is exact: no intermediate saturation for any operand the kernels hand it. Th
 a register tile (scope "local"): the schedules keep a kernel's accumulators in registers. TVM 0.27
 ships sdot and a VNNI intrinsic, but with global-scope accumulators (and its VNNI one no longer
 builds), so all of them are written here.
+
+Each `register_*` function registers its intrinsic with TVM once (TVM refuses a second
+registration of a name); the micro-kernel table (targets.microkernels) pairs each with its record.
 """
 
 from __future__ import annotations
@@ -17,24 +20,6 @@ SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
 DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
 VNNI_DOT_16x4 = "qpass_vnni_dot_16x4_u8s8s32"
 SDOT_4x4 = "qpass_sdot_4x4_s8s8s32"
-
-
-@functools.cache
-def register(name: str) -> str:
-    """Make sure intrinsic `name` is registered with TVM; returns the name."""
-    if name == VNNI_DOT_16x4:
-        _register_vnni()
-    elif name == SDOT_4x4:
-        _register_sdot()
-    elif name == AVX2_DOT_8x4:
-        _register_avx2()
-    elif name == SMMLA_2x2x8:
-        _register_smmla()
-    elif name == DP4A_GLOBAL:
-        _register_dp4a()
-    else:
-        raise KeyError(name)
-    return name
 
 
 def _dot_desc(lanes: int, a_dtype: str, c_scope: str = "local"):
@@ -56,7 +41,8 @@ def _dot_desc(lanes: int, a_dtype: str, c_scope: str = "local"):
     return desc
 
 
-def _register_vnni():
+@functools.cache
+def register_vnni():
     """AVX-512 VNNI: C[16] += A[4] (u8, broadcast) . B[16, 4] (s8) with one vpdpbusd (no saturation).
 
     TVM 0.27 ships `dot_16x4_vnni`, but it calls llvm.x86.avx512.vpdpbusd.512 with <16 x i32>
@@ -87,7 +73,8 @@ def _register_broadcast_dot(name: str, lanes: int, a_dtype: str, llvm_intrinsic:
     TensorIntrin.register(name, _dot_desc(lanes, a_dtype), impl)
 
 
-def _register_avx2():
+@functools.cache
+def register_avx2():
     """8 int32 lanes x 4 bytes, s8 x s8, exactly, with the sign trick.
 
     vpmaddubsw multiplies u8 by s8 and adds pairs with int16 saturation. Feeding it |a| (u8, at
@@ -117,12 +104,14 @@ def _register_avx2():
     TensorIntrin.register(AVX2_DOT_8x4, _dot_desc(8, "int8"), impl)
 
 
-def _register_sdot():
+@functools.cache
+def register_sdot():
     """ARM dotprod: C[4] += A[4] (broadcast) . B[4, 4] with one sdot."""
     _register_broadcast_dot(SDOT_4x4, 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
-def _register_smmla():
+@functools.cache
+def register_smmla():
     """ARM i8mm: C[2, 2] += A[2, 8] . B[2, 8]^T with one smmla (A rows may be strided)."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
@@ -161,7 +150,8 @@ def _register_smmla():
     TensorIntrin.register(SMMLA_2x2x8, desc, impl)
 
 
-def _register_dp4a():
+@functools.cache
+def register_dp4a():
     """CUDA: C[4] += A[4] . B[4, 4] with four __dp4a, operands read from global memory, C in registers."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T

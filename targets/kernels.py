@@ -2,13 +2,13 @@
 
 Activations are NHWC inside the kernels (so a pixel's input channels are contiguous bytes, the
 operand a dot-product instruction wants). Weights are packed once, at compile time, into blocks of
-`lanes` output channels x `reduction` input channels, the layout of the target's micro-kernel;
-int4 weights are packed two per byte and unpacked inside the kernel.
+`lanes` output channels x `reduction` input channels, the layout of the target's micro-kernel
+(targets.microkernels); int4 weights are packed two per byte and unpacked inside the kernel.
 
 Zero points are folded at compile time: sum (x - zx)(w - zw) = sum x * w' - zx * sum w' with
 w' = w - zw, and padding takes the value zx, so the kernel computes sum x * w' + bias' with
 bias' = bias - zx * sum w'. Everything here is exact integer arithmetic, equal to the reference
-interpreter (qpass.interpreter.integer_kernels) bit for bit.
+interpreter (the kernels of qpass.ops.integer) bit for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from qpass.errors import QpassError
 from qpass.ir.types import dtype_range
+from qpass.targets.microkernels import MICRO_KERNELS, MicroKernel, choose
 
 TVM_DTYPES = {"i8": "int8", "u8": "uint8", "i16": "int16", "i32": "int32", "i64": "int64", "f32": "float32",
               "f16": "float16", "i4": "int8", "u4": "uint8"}
@@ -134,6 +135,11 @@ class ConvPlan:
     def out_blocks(self) -> int:
         return -(-self.out_channels // self.lanes)
 
+    @property
+    def pixels(self) -> int:
+        """Output pixels one micro-kernel call produces (1 without a micro-kernel)."""
+        return MICRO_KERNELS[self.micro_kernel].pixels if self.micro_kernel else 1
+
 
 def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
     """Fold zero points, choose the kernel kind, and pack the weights of a qconv2d/qdense for `spec`."""
@@ -171,45 +177,26 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
                   dilations=dilations, pads=pads, groups=groups, x_dtype=x_dtype, pad_value=zx,
                   bias=bias.astype(np.int32), epilogue=epilogue)
     if groups == 1 and fits:
-        micro = _micro_kernel(spec, x_dtype, wc, out_shape, strides[1])
+        micro = choose(spec.micro_kernel, x_dtype, wc, out_shape[2], strides[1])
         if micro is not None:
-            lanes, reduction = _block(micro)
-            packed = pack_blocks(wc, lanes, reduction)
+            packed = pack_blocks(wc, micro)
             if int4:
                 packed = pack_int4(packed)
-            return ConvPlan(kind="gemm", lanes=lanes, reduction=reduction, weight=packed, int4=int4,
-                            micro_kernel=micro, **common)
+            return ConvPlan(kind="gemm", lanes=micro.lanes, reduction=micro.reduction, weight=packed, int4=int4,
+                            micro_kernel=micro.name, **common)
     if groups == in_shape[3] == oc and icg == 1 and fits:
         return ConvPlan(kind="depthwise", lanes=1, reduction=1, weight=wc[:, 0].transpose(1, 2, 0).astype(np.int8),
                         **common)
     return ConvPlan(kind="grouped", lanes=1, reduction=1, weight=wc.astype(np.int16), **common)
 
 
-def _block(micro: str) -> tuple[int, int]:
-    return {"vnni": (16, 4), "avx2": (8, 4), "sdot": (4, 4), "smmla": (2, 8), "dp4a": (4, 4)}[micro]
-
-
-def _micro_kernel(spec, x_dtype: str, wc: np.ndarray, out_shape, stride_w: int) -> Optional[str]:
-    """The dot-product instruction that computes this layer exactly, or None (plain loops)."""
-    micro = spec.micro_kernel
-    if micro == "vnni":
-        return "vnni" if x_dtype == "uint8" else ("avx2" if wc.min() > -128 else None)
-    if micro == "avx2":
-        return "avx2" if x_dtype == "int8" and wc.min() > -128 else None
-    if micro == "smmla":
-        if x_dtype != "int8":
-            return None
-        return "smmla" if out_shape[2] % 2 == 0 and stride_w == 1 else "sdot"
-    if micro in ("sdot", "dp4a"):
-        return micro if x_dtype == "int8" else None
-    return None
-
-
-def pack_blocks(wc: np.ndarray, lanes: int, reduction: int) -> np.ndarray:
-    """[OC, IC, KH, KW] -> [OC/lanes, KH, KW, IC/reduction, lanes, reduction] int8, zero padded."""
+def pack_blocks(wc: np.ndarray, micro: MicroKernel) -> np.ndarray:
+    """[OC, IC, KH, KW] -> [OC/lanes, KH, KW, IC/reduction, lanes, reduction], the micro-kernel's
+    weight operand blocks, zero padded."""
+    lanes, reduction = micro.lanes, micro.reduction
     oc, ic, kh, kw = wc.shape
     ocp, icp = -(-oc // lanes) * lanes, -(-ic // reduction) * reduction
-    padded = np.zeros((ocp, icp, kh, kw), np.int8)
+    padded = np.zeros((ocp, icp, kh, kw), micro.weight_dtype)
     padded[:oc, :ic] = wc
     blocks = padded.reshape(ocp // lanes, lanes, icp // reduction, reduction, kh, kw)
     return np.ascontiguousarray(blocks.transpose(0, 4, 5, 2, 1, 3))
@@ -268,7 +255,7 @@ def conv_compute(plan: ConvPlan):
             lanes, red = plan.lanes, plan.reduction
             ro = te.reduce_axis((0, plan.in_channels_padded // red), "ro")
             ri = te.reduce_axis((0, red), "ri")
-            pair = 2 if plan.micro_kernel == "smmla" else 1     # smmla makes 2 pixels x 2 channels
+            pair = plan.pixels                      # smmla makes a pair of pixels per call
 
             def dot(b, i, j, o, l):
                 return te.sum(xp[b, i * sh + rh * dh, j * sw + rw * dw, ro * red + ri].astype("int32")

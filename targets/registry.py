@@ -2,7 +2,11 @@
 
 A `TargetSpec` is what every backend step reads: which dtype activations should have (u8 for
 x86's u8 x s8 dot products, i8 for ARM sdot and CUDA dp4a), which dot-product micro-kernel the
-conv/dense schedules tensorize with, and whether int4 weights stay packed in the artifact.
+conv/dense schedules tensorize with (targets.microkernels), and whether int4 weights stay packed
+in the artifact. What differs between the target families (x86, arm, cuda): the options a triple
+takes, the TVM target, whether an artifact runs here, the schedules, the Relax pipeline and how an
+artifact is linked and run, is a method or field of the family's `Family` object
+(`spec.family_target`), so no other module asks which family a target is.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import shutil
 from typing import Optional, Sequence
 
 from qpass.errors import QpassError
+from qpass.targets import microkernels, schedule
 
 X86_VNNI_CPUS = ("cascadelake", "icelake-server", "sapphirerapids")
 X86_CPUS = ("x86-64-v3", "haswell", "skylake", "znver2", "znver3") + X86_VNNI_CPUS
 ARM_FEATURES = ("+neon", "+dotprod", "+i8mm")
 CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
-TRIPLES = ("x86_64-linux-gnu", "aarch64-linux-gnu", "cuda")
+QPASS_DTYPES = {"int8": "i8", "uint8": "u8"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,38 +31,33 @@ class TargetSpec:
     """One compilation target: a triple plus CPU/features/arch, resolved and validated."""
 
     triple: str
-    family: str                      # "x86", "arm" or "cuda"
+    family: str                      # "x86", "arm" or "cuda": a key of FAMILIES
     mcpu: Optional[str] = None
     mattr: tuple[str, ...] = ()
     arch: Optional[str] = None
     features: frozenset = frozenset()
 
     @property
+    def family_target(self) -> "Family":
+        """The family object that knows everything family-specific about this target."""
+        return FAMILIES[self.family]
+
+    @property
     def activation_dtype(self) -> str:
-        """The 8-bit activation dtype the target's dot products want (legalize-activations): u8 for
+        """The 8-bit activation dtype the target's micro-kernel wants (legalize-activations): u8 for
         vpdpbusd (u8 x s8); i8 elsewhere (AVX2's exact sign trick, sdot, smmla and dp4a are s8 x s8)."""
-        return "u8" if "vnni" in self.features else "i8"
+        kernel = microkernels.for_target(self.family, self.features)
+        return QPASS_DTYPES[kernel.activation_dtype] if kernel is not None else "i8"
 
     @property
-    def micro_kernel(self) -> str:
-        """The dot-product instruction the conv/dense kernels are tensorized with."""
-        if self.family == "x86":
-            return "vnni" if "vnni" in self.features else "avx2"
-        if self.family == "arm":
-            return "smmla" if "i8mm" in self.features else "sdot" if "dotprod" in self.features else "neon"
-        return "dp4a"
-
-    @property
-    def lanes(self) -> int:
-        """Output channels one micro-kernel call produces (the packed weight block)."""
-        return {"vnni": 16, "avx2": 8, "sdot": 4, "neon": 4, "smmla": 2, "dp4a": 4}[self.micro_kernel]
-
-    @property
-    def reduction(self) -> int:
-        """Input channels one micro-kernel call consumes (K is padded to a multiple of this)."""
-        return 8 if self.micro_kernel == "smmla" else 4
+    def micro_kernel(self) -> Optional[str]:
+        """The dot-product micro-kernel the conv/dense kernels are tensorized with; None for a
+        target without one (aarch64 without +dotprod), whose convolutions are plain loops."""
+        kernel = microkernels.for_target(self.family, self.features)
+        return kernel.name if kernel is not None else None
 
     def describe(self) -> str:
+        """The target as command-line options: `aarch64-linux-gnu --mattr +neon,+dotprod`."""
         parts = [self.triple]
         if self.mcpu:
             parts.append(f"--mcpu {self.mcpu}")
@@ -69,35 +69,175 @@ class TargetSpec:
 
     def tvm_target(self):
         """The TVM target (JSON-dict form, as TVM 0.27 wants)."""
-        import tvm
-        if self.family == "cuda":
-            return tvm.target.Target({"kind": "cuda", "arch": self.arch},
-                                     host={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"})
-        spec = {"kind": "llvm", "mtriple": self.triple}
-        if self.family == "x86":
-            spec["mcpu"] = self.mcpu
-        else:
-            spec["mattr"] = list(self.mattr)
-        return tvm.target.Target(spec)
+        return self.family_target.tvm_target(self)
 
     def runnable_here(self) -> tuple[bool, str]:
         """Can an artifact for this target run on this machine, and if not, why."""
+        return self.family_target.runnable_here(self)
+
+
+class Family:
+    """What one target family does its own way (one instance per family, in FAMILIES)."""
+
+    name: str                        # TargetSpec.family
+    triple: str
+    options: str                     # the options the triple takes, for messages listing known targets
+    table_options: tuple[dict, ...]  # the configurations `qpass targets` lists
+    linker: Optional[tuple[str, str]] = None   # (C++ compiler linking its libraries, its apt package)
+    standalone_runner = False        # artifacts carry qpass-run, the Python-free C++ runner
+    device_source: Optional[tuple[str, str]] = None   # (module kind, file): generated device code to keep
+    default_schedule = False         # the Relax pipeline schedules the kernels qpass leaves unscheduled
+
+    def resolve(self, mcpu: Optional[str], mattr: tuple[str, ...], arch: Optional[str]) -> TargetSpec:
+        """Validate the triple's options; wrong ones raise with what is known."""
+        raise NotImplementedError
+
+    def tvm_target(self, spec: TargetSpec):
+        """The TVM target for `spec`."""
+        raise NotImplementedError
+
+    def runnable_here(self, spec: TargetSpec) -> tuple[bool, str]:
+        """Can an artifact for `spec` run on this machine, and if not, why."""
+        raise NotImplementedError
+
+    def emulated(self) -> bool:
+        """Does an artifact run here only under an emulator (then through its standalone runner)?"""
+        return False
+
+    def emulator_command(self, env: dict[str, str]) -> list[str]:
+        """The command prefix that runs one of the family's programs here with environment `env`."""
+        raise QpassError(f"{self.triple} artifacts run natively; there is no emulator for them")
+
+    def device(self):
+        """The TVM device an artifact's VM runs on."""
+        raise NotImplementedError
+
+    def schedule_conv(self, sch, plan) -> None:
+        """qpass's schedule for a conv/dense kernel (plan: kernels.ConvPlan)."""
+        raise NotImplementedError
+
+    def schedule_elementwise(self, sch) -> None:
+        """qpass's schedule for an elementwise kernel (families with `default_schedule` have none)."""
+        raise NotImplementedError
+
+    def relax_steps(self) -> list:
+        """Relax passes between legalization and TVM's default build pipeline."""
+        return []
+
+
+class CpuFamily(Family):
+    """A CPU: qpass's CPU schedules, the host's TVM device."""
+
+    def device(self):
+        import tvm
+        return tvm.cpu(0)
+
+    def schedule_conv(self, sch, plan):
+        schedule.schedule_cpu_conv(sch, plan)
+
+    def schedule_elementwise(self, sch):
+        schedule.schedule_cpu_elementwise(sch)
+
+
+class X86(CpuFamily):
+    """x86-64 with AVX2, optionally AVX-512 VNNI (`--mcpu cascadelake` and newer)."""
+
+    name, triple = "x86", "x86_64-linux-gnu"
+    options = f"x86_64-linux-gnu [--mcpu {'|'.join(X86_CPUS)}]"
+    table_options = ({}, {"mcpu": "cascadelake"})
+
+    def resolve(self, mcpu, mattr, arch):
+        if mattr or arch:
+            raise QpassError(f"x86_64-linux-gnu takes --mcpu, not --mattr/--arch; {_known()}")
+        mcpu = mcpu or "x86-64-v3"
+        if mcpu not in X86_CPUS:
+            raise QpassError(f"unknown --mcpu {mcpu!r} for x86_64-linux-gnu; known: {', '.join(X86_CPUS)}")
+        features = {"avx2"} | ({"vnni", "avx512"} if mcpu in X86_VNNI_CPUS else set())
+        return TargetSpec(self.triple, self.name, mcpu=mcpu, features=frozenset(features))
+
+    def tvm_target(self, spec):
+        import tvm
+        return tvm.target.Target({"kind": "llvm", "mtriple": spec.triple, "mcpu": spec.mcpu})
+
+    def runnable_here(self, spec):
         host = platform.machine()
-        if self.family == "x86":
-            if host != "x86_64":
-                return False, f"this machine is {host}, not x86_64"
-            missing = {"avx2": "avx2", "vnni": "avx512_vnni"}
-            flags = _cpu_flags()
-            lacking = [name for name, flag in missing.items() if name in self.features and flag not in flags]
-            if lacking:
-                return False, f"this CPU lacks {', '.join(lacking)} (the artifact was built for {self.mcpu})"
-            return True, "host x86_64"
-        if self.family == "arm":
-            if host == "aarch64":
-                return True, "host aarch64"
-            if shutil.which("qemu-aarch64"):
-                return True, "under qemu-aarch64"
-            return False, "this machine is x86_64 and qemu-aarch64 is not installed (apt-get install qemu-user)"
+        if host != "x86_64":
+            return False, f"this machine is {host}, not x86_64"
+        missing = {"avx2": "avx2", "vnni": "avx512_vnni"}
+        flags = _cpu_flags()
+        lacking = [name for name, flag in missing.items() if name in spec.features and flag not in flags]
+        if lacking:
+            return False, f"this CPU lacks {', '.join(lacking)} (the artifact was built for {spec.mcpu})"
+        return True, "host x86_64"
+
+
+class Arm(CpuFamily):
+    """aarch64 with NEON, optionally dotprod (sdot) and i8mm (smmla); runs under qemu elsewhere."""
+
+    name, triple = "arm", "aarch64-linux-gnu"
+    options = f"aarch64-linux-gnu [--mattr {','.join(ARM_FEATURES)}]"
+    table_options = ({"mattr": "+neon,+dotprod"}, {"mattr": "+neon,+dotprod,+i8mm"})
+    linker = ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+    standalone_runner = True
+
+    def resolve(self, mcpu, mattr, arch):
+        if mcpu or arch:
+            raise QpassError(f"aarch64-linux-gnu takes --mattr (e.g. +neon,+dotprod,+i8mm), not --mcpu/--arch; "
+                             f"{_known()}")
+        mattr = mattr or ("+neon", "+dotprod")
+        unknown = [m for m in mattr if m not in ARM_FEATURES]
+        if unknown:
+            raise QpassError(f"unknown --mattr feature(s) {', '.join(unknown)} for aarch64-linux-gnu; "
+                             f"known: {', '.join(ARM_FEATURES)}")
+        mattr = tuple(dict.fromkeys(("+neon",) + mattr))
+        return TargetSpec(self.triple, self.name, mattr=mattr, features=frozenset(m[1:] for m in mattr))
+
+    def tvm_target(self, spec):
+        import tvm
+        return tvm.target.Target({"kind": "llvm", "mtriple": spec.triple, "mattr": list(spec.mattr)})
+
+    def runnable_here(self, spec):
+        if platform.machine() == "aarch64":
+            return True, "host aarch64"
+        if shutil.which("qemu-aarch64"):
+            return True, "under qemu-aarch64"
+        return False, "this machine is x86_64 and qemu-aarch64 is not installed (apt-get install qemu-user)"
+
+    def emulated(self):
+        return platform.machine() != "aarch64"
+
+    def emulator_command(self, env):
+        command = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+        for key, value in env.items():
+            command += ["-E", f"{key}={value}"]
+        return command
+
+
+class Cuda(Family):
+    """NVIDIA GPUs (dp4a), host code for x86-64; qpass schedules the conv kernels, dlight the rest."""
+
+    name, triple = "cuda", "cuda"
+    options = f"cuda [--arch {'|'.join(CUDA_ARCHS)}]"
+    table_options = tuple({"arch": a} for a in CUDA_ARCHS)
+    device_source = ("cuda", "model.cu")
+    default_schedule = True
+
+    def resolve(self, mcpu, mattr, arch):
+        if mcpu or mattr:
+            raise QpassError(f"cuda takes --arch (e.g. --arch sm_80), not --mcpu/--mattr; {_known()}")
+        arch = arch or "sm_80"
+        if arch not in CUDA_ARCHS:
+            raise QpassError(f"unknown --arch {arch!r} for cuda; known: {', '.join(CUDA_ARCHS)}")
+        number = int(arch[3:])
+        features = {"dp4a", "mma_i8"} | ({"mma_i4"} if number < 90 else set())
+        return TargetSpec(self.triple, self.name, arch=arch, features=frozenset(features))
+
+    def tvm_target(self, spec):
+        import tvm
+        return tvm.target.Target({"kind": "cuda", "arch": spec.arch},
+                                 host={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"})
+
+    def runnable_here(self, spec):
         try:
             import tvm
             if tvm.cuda(0).exist:
@@ -105,6 +245,21 @@ class TargetSpec:
         except Exception:                               # noqa: BLE001 - no driver at all
             pass
         return False, "no CUDA GPU on this machine"
+
+    def device(self):
+        import tvm
+        return tvm.cuda(0)
+
+    def schedule_conv(self, sch, plan):
+        schedule.schedule_cuda_conv(sch, plan)
+
+    def relax_steps(self):
+        from tvm.s_tir import dlight
+        return [dlight.ApplyDefaultSchedule(dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
+                                            dlight.gpu.Fallback())]
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (X86(), Arm(), Cuda())}
 
 
 def _cpu_flags() -> set[str]:
@@ -119,8 +274,7 @@ def _cpu_flags() -> set[str]:
 
 
 def _known() -> str:
-    return (f"known triples: x86_64-linux-gnu [--mcpu {'|'.join(X86_CPUS)}], "
-            f"aarch64-linux-gnu [--mattr {','.join(ARM_FEATURES)}], cuda [--arch {'|'.join(CUDA_ARCHS)}]")
+    return "known triples: " + ", ".join(family.options for family in FAMILIES.values())
 
 
 def resolve_target(triple: str, mcpu: Optional[str] = None, mattr: Optional[Sequence[str] | str] = None,
@@ -135,48 +289,20 @@ def resolve_target(triple: str, mcpu: Optional[str] = None, mattr: Optional[Sequ
     triple = aliases.get(triple, triple)
     if triple.startswith("cuda") and ":" in triple:      # "cuda:sm_80" shorthand
         triple, arch = "cuda", arch or triple.split(":", 1)[1]
-    if triple == "x86_64-linux-gnu":
-        if mattr or arch:
-            raise QpassError(f"x86_64-linux-gnu takes --mcpu, not --mattr/--arch; {_known()}")
-        mcpu = mcpu or "x86-64-v3"
-        if mcpu not in X86_CPUS:
-            raise QpassError(f"unknown --mcpu {mcpu!r} for x86_64-linux-gnu; known: {', '.join(X86_CPUS)}")
-        features = {"avx2"} | ({"vnni", "avx512"} if mcpu in X86_VNNI_CPUS else set())
-        return TargetSpec(triple, "x86", mcpu=mcpu, features=frozenset(features))
-    if triple == "aarch64-linux-gnu":
-        if mcpu or arch:
-            raise QpassError(f"aarch64-linux-gnu takes --mattr (e.g. +neon,+dotprod,+i8mm), not --mcpu/--arch; "
-                             f"{_known()}")
-        mattr = mattr or ("+neon", "+dotprod")
-        unknown = [m for m in mattr if m not in ARM_FEATURES]
-        if unknown:
-            raise QpassError(f"unknown --mattr feature(s) {', '.join(unknown)} for aarch64-linux-gnu; "
-                             f"known: {', '.join(ARM_FEATURES)}")
-        mattr = tuple(dict.fromkeys(("+neon",) + mattr))
-        return TargetSpec(triple, "arm", mattr=mattr, features=frozenset(m[1:] for m in mattr))
-    if triple == "cuda":
-        if mcpu or mattr:
-            raise QpassError(f"cuda takes --arch (e.g. --arch sm_80), not --mcpu/--mattr; {_known()}")
-        arch = arch or "sm_80"
-        if arch not in CUDA_ARCHS:
-            raise QpassError(f"unknown --arch {arch!r} for cuda; known: {', '.join(CUDA_ARCHS)}")
-        number = int(arch[3:])
-        features = {"dp4a", "mma_i8"} | ({"mma_i4"} if number < 90 else set())
-        return TargetSpec("cuda", "cuda", arch=arch, features=frozenset(features))
+    for family in FAMILIES.values():
+        if family.triple == triple:
+            return family.resolve(mcpu, mattr, arch)
     raise QpassError(f"unknown target triple {triple!r}; {_known()}")
 
 
 def target_table() -> list[dict]:
     """What `qpass targets` prints: each known configuration and what it lowers to."""
     rows = []
-    configs = [("x86_64-linux-gnu", {}), ("x86_64-linux-gnu", {"mcpu": "cascadelake"}),
-               ("aarch64-linux-gnu", {"mattr": "+neon,+dotprod"}),
-               ("aarch64-linux-gnu", {"mattr": "+neon,+dotprod,+i8mm"})]
-    configs += [("cuda", {"arch": a}) for a in CUDA_ARCHS]
-    for triple, options in configs:
-        spec = resolve_target(triple, **options)
-        ok, why = spec.runnable_here()
-        rows.append({"target": spec.describe(), "activations": spec.activation_dtype,
-                     "micro_kernel": spec.micro_kernel, "features": sorted(spec.features),
-                     "runs_here": ok, "how": why})
+    for family in FAMILIES.values():
+        for options in family.table_options:
+            spec = resolve_target(family.triple, **options)
+            ok, why = spec.runnable_here()
+            rows.append({"target": spec.describe(), "activations": spec.activation_dtype,
+                         "micro_kernel": spec.micro_kernel, "features": sorted(spec.features),
+                         "runs_here": ok, "how": why})
     return rows

@@ -1,5 +1,6 @@
 """qpass's schedules for its kernels: tiling, parallel loops, vectorized epilogues, and tensorization
-with the target's dot-product intrinsic (targets.intrinsics).
+with the target's dot-product micro-kernel (its record in targets.microkernels: block shape,
+register budget, tensor intrinsic).
 
 CPU conv/dense (the "gemm" kernels): a register tile of output pixels x blocks of `lanes` output
 channels accumulates while the reduction (kernel rows, columns, input-channel blocks) runs; the
@@ -11,11 +12,8 @@ channels.
 
 from __future__ import annotations
 
-from qpass.targets import intrinsics
 from qpass.targets.kernels import ConvPlan
-
-CPU_INTRINSICS = {"vnni": intrinsics.VNNI_DOT_16x4, "avx2": intrinsics.AVX2_DOT_8x4, "sdot": intrinsics.SDOT_4x4,
-                  "smmla": intrinsics.SMMLA_2x2x8}
+from qpass.targets.microkernels import MICRO_KERNELS, MicroKernel
 
 
 def _divisor(n: int, limit: int, multiple: int = 1) -> int:
@@ -35,6 +33,7 @@ def _vector_inner(sch, loop, extent: int, width: int = 16):
 
 
 def schedule_cpu_conv(sch, plan: ConvPlan):
+    """Schedule a conv/dense kernel for a CPU: register-tiled and tensorized, depthwise or plain."""
     if plan.kind == "gemm":
         _cpu_gemm(sch, plan)
     elif plan.kind == "depthwise":
@@ -44,18 +43,10 @@ def schedule_cpu_conv(sch, plan: ConvPlan):
     _cpu_pad(sch)
 
 
-# Register tile limits per micro-kernel: (most accumulators, most output-channel blocks), measured
-# with scripts/bench_kernels.py. AVX-512 and NEON have 32 vector registers. AVX2 has 16, yet an
-# 8 x 4 tile (32 accumulators, some living in L1) beat every tile that fits (MobileNetV2's
-# kernels 1.5x faster than with 4 x 2): the sign trick keeps the multiply ports busy, spilled
-# accumulators use the idle load/store ports, and each |a| and broadcast serves four blocks.
-REGISTER_TILES = {"avx2": (32, 4), "vnni": (24, 4), "sdot": (24, 4), "smmla": (16, 4)}
-
-
-def register_tile(micro_kernel: str, pixels: int, blocks: int) -> tuple[int, int]:
+def register_tile(micro: MicroKernel, pixels: int, blocks: int) -> tuple[int, int]:
     """(pixels, output-channel blocks) of the tile kept in registers: dividing the layer exactly,
-    within the register budget, with the fewest operand loads per multiply-accumulate."""
-    most, most_blocks = REGISTER_TILES[micro_kernel]
+    within the micro-kernel's register budget, with the fewest operand loads per multiply-accumulate."""
+    most, most_blocks = micro.register_budget
     best = (1, 1)
     for px in range(1, min(pixels, 8) + 1):
         for ob in range(1, min(blocks, most_blocks) + 1):
@@ -70,9 +61,10 @@ def _cpu_gemm(sch, plan: ConvPlan):
     """A px x ob register tile: px output pixels x ob blocks of `lanes` channels accumulate in
     registers (local scope, fully unrolled) over kernel rows, columns and input-channel blocks;
     each broadcast activation meets ob weight vectors and each weight vector px activations."""
+    micro = MICRO_KERNELS[plan.micro_kernel]
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     b, i, j, o, p, lane, rh, rw, ro, ri = sch.get_loops(acc)
-    px, ob = register_tile(plan.micro_kernel, _extent(sch, j), _extent(sch, o))
+    px, ob = register_tile(micro, _extent(sch, j), _extent(sch, o))
     jo, ji = sch.split(j, [None, px])
     oo, oi = sch.split(o, [None, ob])
     if plan.int4:                      # unpack each weight block once: output-channel blocks outermost
@@ -90,10 +82,8 @@ def _cpu_gemm(sch, plan: ConvPlan):
         sch.vectorize(vec)
     init = sch.decompose_reduction(acc, rh)
     sch.vectorize(sch.get_loops(init)[-1])
-    if plan.micro_kernel == "smmla":
-        sch.tensorize(p, intrinsics.register(intrinsics.SMMLA_2x2x8))
-    else:
-        sch.tensorize(lane, intrinsics.register(CPU_INTRINSICS[plan.micro_kernel]))
+    # A call covering several pixels (smmla) takes the pixel loop too.
+    sch.tensorize(p if micro.pixels > 1 else lane, micro.tensor_intrinsic())
     sch.unroll(ji)
     sch.unroll(oi)
 
@@ -201,7 +191,7 @@ def schedule_cuda_conv(sch, plan: ConvPlan):
     sch.reverse_compute_at(out, tx)
     if plan.kind == "gemm":
         sch.decompose_reduction(acc, sch.get_loops(acc)[2])
-        sch.tensorize(sch.get_loops(acc)[-2], intrinsics.register(intrinsics.DP4A_GLOBAL))
+        sch.tensorize(sch.get_loops(acc)[-2], MICRO_KERNELS[plan.micro_kernel].tensor_intrinsic())
     for name in ("pad", "unpack_int4"):
         try:
             block = sch.get_sblock(name)

@@ -267,7 +267,7 @@ def _targets(parser):
         width = max(len(r["target"]) for r in rows)
         print(f"{'target':<{width}}  {'activations':<11}  {'int8 kernel':<11}  runs here")
         for r in rows:
-            print(f"{r['target']:<{width}}  {r['activations']:<11}  {r['micro_kernel']:<11}  "
+            print(f"{r['target']:<{width}}  {r['activations']:<11}  {r['micro_kernel'] or 'plain loops':<11}  "
                   f"{'yes' if r['runs_here'] else 'no'} ({r['how']})")
         return 0
     return run

@@ -13,7 +13,7 @@ def _kb(n: int) -> str:
 
 def summary_lines(report: dict) -> list[str]:
     lines = [f"model {report['model']['name']} ({report['model']['kind']}, {report['model']['ops']} ops) -> "
-             f"{report['target']} [{report['micro_kernel']}]"]
+             f"{report['target']} [{report['micro_kernel'] or 'plain loops'}]"]
     size = report["size"]
     if size["float_weight_bytes"]:
         lines.append(f"weights: {_kb(size['float_weight_bytes'])} float -> {_kb(size['weight_bytes'])} "

@@ -1,0 +1,102 @@
+"""The int8 dot-product micro-kernels: one record per instruction, read by every backend step.
+
+A record says what one call computes (`pixels` output pixels x `lanes` output channels, summing
+`reduction` input channels), which operands it takes and over which values its result is exact,
+how large a register tile its schedule may keep, the TVM tensor intrinsic that implements it, and
+which micro-kernel takes a layer it cannot compute. The registry gives a target the first record
+of its family whose feature it has; `kernels.conv_plan` packs weights into the record's blocks;
+`schedule` tiles and tensorizes with it. Adding an instruction is one record here plus its
+intrinsic in `targets.intrinsics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+from qpass.targets import intrinsics
+
+INT8, UINT8 = (-128, 127), (0, 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class MicroKernel:
+    """One dot-product instruction as the kernels use it."""
+
+    name: str
+    family: str                        # the target family ("x86", "arm", "cuda") that has it
+    feature: str                       # the target feature that provides it
+    lanes: int                         # output channels per call: a packed weight block's rows
+    reduction: int                     # input channels per call: K is padded to a multiple of it
+    pixels: int                        # output pixels per call
+    activation_dtype: str              # TVM dtype of the activation operand
+    weight_dtype: str                  # TVM dtype of the packed weights
+    activation_range: tuple[int, int]  # operand values for which the instruction's result is exact
+    weight_range: tuple[int, int]
+    register_budget: Optional[tuple[int, int]]   # (most accumulators, most output-channel blocks)
+    intrinsic: str                     # the TVM tensor intrinsic's name
+    registers: Callable[[], None]      # the function that registers `intrinsic` with TVM
+    fallback: Optional[str] = None     # the micro-kernel to try for a layer this one does not accept
+
+    def accepts(self, activation_dtype: str, weights: np.ndarray, out_width: int, stride_w: int) -> bool:
+        """Does this instruction compute a layer with these activations and (centered) weights exactly?
+
+        A call covering several pixels takes them as adjacent output columns: the width must split
+        into such groups, and the layer must have stride 1 along it (the only case its schedule
+        handles).
+        """
+        lo, hi = self.weight_range
+        if activation_dtype != self.activation_dtype or weights.min() < lo or weights.max() > hi:
+            return False
+        return self.pixels == 1 or (out_width % self.pixels == 0 and stride_w == 1)
+
+    def tensor_intrinsic(self) -> str:
+        """The tensor intrinsic's name, registered with TVM on first use."""
+        self.registers()
+        return self.intrinsic
+
+
+# In order of preference within a family: a target gets the first whose feature it has.
+# Register budgets were measured with scripts/bench_kernels.py. AVX-512 and NEON have 32 vector
+# registers. AVX2 has 16, yet an 8 x 4 tile (32 accumulators, some living in L1) beat every tile
+# that fits (MobileNetV2's kernels 1.5x faster than with 4 x 2): the sign trick keeps the multiply
+# ports busy, spilled accumulators use the idle load/store ports, and each |a| and broadcast serves
+# four blocks. CUDA has no register tile: a thread per pixel and `lanes` channels.
+MICRO_KERNELS = {kernel.name: kernel for kernel in (
+    # vpdpbusd multiplies u8 by s8: VNNI targets get u8 activations (legalize-activations); a
+    # layer whose activations stayed i8 takes AVX2's kernel.
+    MicroKernel("vnni", "x86", "vnni", lanes=16, reduction=4, pixels=1, activation_dtype="uint8",
+                weight_dtype="int8", activation_range=UINT8, weight_range=INT8, register_budget=(24, 4),
+                intrinsic=intrinsics.VNNI_DOT_16x4, registers=intrinsics.register_vnni, fallback="avx2"),
+    # The sign trick (vpsignb) negates weights: exact only for weights above -128.
+    MicroKernel("avx2", "x86", "avx2", lanes=8, reduction=4, pixels=1, activation_dtype="int8",
+                weight_dtype="int8", activation_range=INT8, weight_range=(-127, 127), register_budget=(32, 4),
+                intrinsic=intrinsics.AVX2_DOT_8x4, registers=intrinsics.register_avx2),
+    MicroKernel("smmla", "arm", "i8mm", lanes=2, reduction=8, pixels=2, activation_dtype="int8",
+                weight_dtype="int8", activation_range=INT8, weight_range=INT8, register_budget=(16, 4),
+                intrinsic=intrinsics.SMMLA_2x2x8, registers=intrinsics.register_smmla, fallback="sdot"),
+    MicroKernel("sdot", "arm", "dotprod", lanes=4, reduction=4, pixels=1, activation_dtype="int8",
+                weight_dtype="int8", activation_range=INT8, weight_range=INT8, register_budget=(24, 4),
+                intrinsic=intrinsics.SDOT_4x4, registers=intrinsics.register_sdot),
+    MicroKernel("dp4a", "cuda", "dp4a", lanes=4, reduction=4, pixels=1, activation_dtype="int8",
+                weight_dtype="int8", activation_range=INT8, weight_range=INT8, register_budget=None,
+                intrinsic=intrinsics.DP4A_GLOBAL, registers=intrinsics.register_dp4a),
+)}
+
+
+def for_target(family: str, features) -> Optional[MicroKernel]:
+    """The micro-kernel a target of `family` with `features` tensorizes with; None: plain loops."""
+    return next((k for k in MICRO_KERNELS.values() if k.family == family and k.feature in features), None)
+
+
+def choose(name: Optional[str], activation_dtype: str, weights: np.ndarray, out_width: int,
+           stride_w: int) -> Optional[MicroKernel]:
+    """Micro-kernel `name` or the first of its fallbacks that computes the layer exactly; None: plain loops."""
+    while name is not None:
+        kernel = MICRO_KERNELS[name]
+        if kernel.accepts(activation_dtype, weights, out_width, stride_w):
+            return kernel
+        name = kernel.fallback
+    return None

@@ -1,0 +1,117 @@
+"""The micro-kernel table (targets.microkernels): its records agree with their TVM intrinsics, every
+target family gets the micro-kernel it had before the table, and conv_plan picks a layer's kernel
+(or plain loops) by the table's eligibility rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qpass.ir.types import dtype_range
+from qpass.targets.build import legalize
+from qpass.targets.kernels import conv_plan
+from qpass.targets.microkernels import MICRO_KERNELS
+from qpass.targets.registry import FAMILIES, CpuFamily, resolve_target
+from test_backends import conv_graph, dense_graph, quantized
+
+AVX2 = resolve_target("x86_64-linux-gnu")
+VNNI = resolve_target("x86_64-linux-gnu", mcpu="cascadelake")
+NEON = resolve_target("aarch64-linux-gnu", mattr="+neon")
+SDOT = resolve_target("aarch64-linux-gnu", mattr="+neon,+dotprod")
+I8MM = resolve_target("aarch64-linux-gnu", mattr="+neon,+dotprod,+i8mm")
+CUDA = resolve_target("cuda", arch="sm_80")
+QPASS_DTYPES = {"int8": "i8", "uint8": "u8"}
+
+
+@pytest.mark.parametrize("name", sorted(MICRO_KERNELS))
+def test_records_match_their_intrinsics(name):
+    """The intrinsic registers, and its description has the record's block shape and operand dtypes."""
+    from tvm.s_tir import TensorIntrin
+    kernel = MICRO_KERNELS[name]
+    desc = TensorIntrin.get(kernel.tensor_intrinsic()).desc
+    a, b, c = (param.ty for param in desc.params)              # the operand buffers' types
+    rows = (kernel.pixels,) if kernel.pixels > 1 else ()
+    assert [int(d) for d in a.shape] == [*rows, kernel.reduction] and str(a.dtype) == kernel.activation_dtype
+    assert [int(d) for d in b.shape] == [kernel.lanes, kernel.reduction] and str(b.dtype) == kernel.weight_dtype
+    assert [int(d) for d in c.shape] == [*rows, kernel.lanes] and str(c.dtype) == "int32"
+    assert kernel.tensor_intrinsic() == kernel.intrinsic        # registering twice is harmless
+
+
+@pytest.mark.parametrize("name", sorted(MICRO_KERNELS))
+def test_records_are_consistent(name):
+    kernel = MICRO_KERNELS[name]
+    assert kernel.family in FAMILIES
+    assert kernel.activation_range == dtype_range(QPASS_DTYPES[kernel.activation_dtype])
+    lo, hi = dtype_range(QPASS_DTYPES[kernel.weight_dtype])
+    assert lo <= kernel.weight_range[0] <= kernel.weight_range[1] <= hi
+    if kernel.fallback is not None:
+        assert MICRO_KERNELS[kernel.fallback].family == kernel.family
+    assert (kernel.register_budget is not None) == isinstance(FAMILIES[kernel.family], CpuFamily)
+
+
+@pytest.mark.parametrize("spec, micro, activations", [
+    (AVX2, "avx2", "i8"), (VNNI, "vnni", "u8"), (NEON, None, "i8"), (SDOT, "sdot", "i8"), (I8MM, "smmla", "i8"),
+    (CUDA, "dp4a", "i8"),
+], ids=["avx2", "vnni", "neon", "sdot", "i8mm", "cuda"])
+def test_each_target_gets_its_micro_kernel(spec, micro, activations):
+    assert spec.micro_kernel == micro and spec.activation_dtype == activations
+
+
+def _plan(graph, spec, legal=True, dense=False):
+    graph = legalize(graph, spec) if legal else graph
+    return conv_plan(graph.find_ops("qdense" if dense else "qconv2d")[0], spec, dense=dense)
+
+
+def _with_weight_minus_128(graph):
+    weight = graph.find_ops("qconv2d")[0].inputs[1]
+    data = np.array(weight.data)
+    data.flat[0] = -128
+    weight.data = data
+    weight._digest = None
+    return graph
+
+
+@pytest.fixture(scope="module")
+def even():
+    """A 3x3 conv with an even output width (8)."""
+    return quantized(conv_graph(0, in_c=8, out_c=16, hw=(8, 8), kernel=(3, 3)))
+
+
+@pytest.fixture(scope="module")
+def odd():
+    """A 3x3 conv with an odd output width (9)."""
+    return quantized(conv_graph(0, in_c=8, out_c=16, hw=(9, 9), kernel=(3, 3)))
+
+
+def test_vnni_takes_u8_activations_and_packs_16x4_blocks(even):
+    plan = _plan(even, VNNI)
+    assert (plan.kind, plan.micro_kernel, plan.lanes, plan.reduction) == ("gemm", "vnni", 16, 4)
+    assert plan.weight.shape == (1, 3, 3, 2, 16, 4)
+
+
+def test_vnni_falls_back_to_avx2_for_i8_activations(even):
+    assert _plan(even, VNNI, legal=False).micro_kernel == "avx2"
+    assert _plan(_with_weight_minus_128(even.copy()), VNNI, legal=False).kind == "grouped"
+
+
+def test_avx2_leaves_a_weight_of_minus_128_to_plain_loops(even):
+    assert _plan(even, AVX2).micro_kernel == "avx2"
+    plan = _plan(_with_weight_minus_128(even.copy()), AVX2)
+    assert (plan.kind, plan.micro_kernel) == ("grouped", None)
+    assert _plan(_with_weight_minus_128(even.copy()), VNNI).micro_kernel == "vnni"   # vpdpbusd takes -128
+
+
+def test_smmla_needs_pairs_of_pixels_at_stride_1(even, odd):
+    plan = _plan(even, I8MM)
+    assert (plan.micro_kernel, plan.lanes, plan.reduction, plan.pixels) == ("smmla", 2, 8, 2)
+    assert _plan(odd, I8MM).micro_kernel == "sdot"
+    strided = quantized(conv_graph(0, in_c=8, out_c=16, hw=(8, 8), kernel=(3, 3), strides=(1, 2)))
+    assert _plan(strided, I8MM).micro_kernel == "sdot"
+    assert _plan(quantized(dense_graph(1, k=24, n=10)), I8MM, dense=True).micro_kernel == "sdot"
+
+
+def test_dotprod_cuda_and_plain_neon(even):
+    assert _plan(even, SDOT).micro_kernel == "sdot"
+    assert _plan(even, CUDA).micro_kernel == "dp4a"
+    plan = _plan(even, NEON)
+    assert (plan.kind, plan.micro_kernel) == ("grouped", None)
