@@ -89,6 +89,7 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
     spec = backend().resolve_target(target, mcpu, mattr, arch)    # unknown targets fail before any work
     start = time.perf_counter()
     graph = _load(model, input_shapes)
+    check_lowerable(graph)                                        # before calibration, every op at once
     kind = model_kind(graph)
     samples = None
     if pipeline is None:
@@ -116,6 +117,21 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
     report["compile_seconds"] = {"passes": round(passes_done - start, 3), "build": round(built.seconds, 3),
                                  "total": round(time.perf_counter() - start, 3)}
     return CompiledModel(built, report)
+
+
+def check_lowerable(graph: Graph) -> None:
+    """Refuse a graph with ops that no target lowers, naming every such op kind at once."""
+    missing: dict[str, list[str]] = {}
+    for op in graph.ops:
+        if op_def(op.kind).lower is None:
+            missing.setdefault(op.kind, []).append(op.name)
+    if missing:
+        listing = "; ".join(f"{kind} ({len(names)} op{'s' if len(names) > 1 else ''}: "
+                            f"{', '.join('%' + n for n in names[:3])}{', ...' if len(names) > 3 else ''})"
+                            for kind, names in sorted(missing.items()))
+        raise QpassError(f"the model cannot compile: these ops have no lowering to TVM: {listing}. Give the "
+                         "op's definition a `lower` (see `qpass ops` and docs/ops.md), or remove the ops from "
+                         "the model")
 
 
 def _load(model, input_shapes) -> Graph:

@@ -91,7 +91,7 @@ class Lowering:
 
     def const(self, array, dtype: str):
         """A Relax constant of `array` converted to the TVM dtype `dtype`."""
-        return self.relax.const(np.ascontiguousarray(array).astype(dtype))
+        return self.relax.const(np.array(array, order="C").astype(dtype))   # rank 0 stays rank 0
 
     @staticmethod
     def dtype(ir_dtype: str) -> str:

@@ -90,6 +90,11 @@ class OpDef:
         return trait in self.traits
 
     @property
+    def builtin(self) -> bool:
+        """Whether qpass defines the op (rather than a plugin or the user)."""
+        return getattr(self.infer, "__module__", None) in BUILTIN_MODULES
+
+    @property
     def min_inputs(self) -> int:
         return self.inputs[0]
 
@@ -106,7 +111,7 @@ class OpRegistry:
         self._discovered = False
 
     def define(self, definition: OpDef) -> OpDef:
-        if getattr(definition.infer, "__module__", None) not in BUILTIN_MODULES:
+        if not definition.builtin:
             self.discover()                  # built-ins first, so a clash always blames the newcomer
         existing = self._ops.get(definition.name)
         if existing is not None:

@@ -102,3 +102,16 @@ def windows(x, kernel_hw, strides, pads, dilations, out_hw, fill=0):
     view = sliding_window_view(padded, spans, axis=(2, 3))
     view = view[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
     return view[:, :, :out_hw[0], :out_hw[1]]
+
+
+# --------------------------------------------------------------------------- lowering
+def scalar_like(low, number, value):
+    """A Relax scalar constant of `number` in the TVM dtype of IR value `value`, so the lowered
+    arithmetic stays in the operand's dtype as the kernels' `like` keeps numpy in it (rank 0, so a
+    rank-0 operand stays rank 0: `low.const` would make it [1])."""
+    return low.relax.const(np.array(number, dtype=low.dtype(value.type.dtype)))
+
+
+def channel_view(shape) -> tuple:
+    """The shape (1, C, 1, ...) that broadcasts a per-channel vector along axis 1 of a `shape` tensor."""
+    return (1, shape[1]) + (1,) * (len(shape) - 2)

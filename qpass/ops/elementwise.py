@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from qpass.errors import InterpreterError
+from qpass.errors import InterpreterError, QpassError
 from qpass.ir.opdef import OpDef, Trait, define_op
-from qpass.ir.types import TensorType, numpy_dtype
-from qpass.ops.common import broadcast_shape, float_operand, like, same_dtype, trunc_div
+from qpass.ir.types import TensorType, is_float, numpy_dtype
+from qpass.ops.common import broadcast_shape, float_operand, like, same_dtype, scalar_like, trunc_div
 
 T = Trait
 TABLE_UNARY = frozenset({T.ELEMENTWISE, T.TABLE, T.INTEGER_FORM})
@@ -50,6 +50,16 @@ def _relax_binary(name):
     return lower
 
 
+def _lower_pow(low, op):
+    """Relax power, which TVM defines for floats only (integer pow would need numpy's wrapping and
+    its error on negative exponents)."""
+    dtype = op.inputs[0].type.dtype
+    if not is_float(dtype):
+        raise QpassError(f"%{op.name}: pow of {dtype} operands has no lowering (TVM's power takes floats only); "
+                         "cast the operands to f32 first")
+    return _relax_binary("power")(low, op)
+
+
 # --------------------------------------------------------------------------- unary functions
 def _relu(op, x):
     """max(x, 0)."""
@@ -73,8 +83,19 @@ def _hard_swish(op, x):
     return x * np.clip(x * like(x, 1 / 6) + like(x, 0.5), 0, 1)
 
 
+def _lower_hard_sigmoid_of(low, op, alpha, beta):
+    """clip(x * alpha + beta, 0, 1) of the operand, in its dtype (shared by hard_sigmoid and hard_swish)."""
+    r, x = low.relax.op, op.inputs[0]
+    affine = r.add(r.multiply(low.get(x), scalar_like(low, alpha, x)), scalar_like(low, beta, x))
+    return r.clip(affine, 0.0, 1.0)
+
+
+def _lower_hard_swish(low, op):
+    return low.relax.op.multiply(low.get(op.inputs[0]), _lower_hard_sigmoid_of(low, op, 1 / 6, 0.5))
+
+
 define_op(OpDef("hard_swish", infer=_unary("hard_swish"), traits=TABLE_UNARY, kernel=_hard_swish,
-                doc="elementwise hard_swish"))
+                lower=_lower_hard_swish, doc="elementwise hard_swish"))
 
 
 def _leaky_relu(op, x):
@@ -83,7 +104,9 @@ def _leaky_relu(op, x):
 
 
 define_op(OpDef("leaky_relu", infer=_unary("leaky_relu"), attrs=("alpha",), traits=TABLE_UNARY,
-                kernel=_leaky_relu))
+                kernel=_leaky_relu,
+                # TOPI's select(x > 0, x, alpha * x) differs from the kernel only at x == 0, where both are 0
+                lower=lambda low, op: low.relax.op.nn.leakyrelu(low.get(op.inputs[0]), float(op.attrs["alpha"]))))
 
 
 def _hard_sigmoid(op, x):
@@ -92,7 +115,8 @@ def _hard_sigmoid(op, x):
 
 
 define_op(OpDef("hard_sigmoid", infer=_unary("hard_sigmoid"), attrs=("alpha", "beta"), traits=TABLE_UNARY,
-                kernel=_hard_sigmoid, static_range=lambda a: (0.0, 1.0), doc="max(0, min(1, alpha * x + beta))"))
+                kernel=_hard_sigmoid, static_range=lambda a: (0.0, 1.0), doc="max(0, min(1, alpha * x + beta))",
+                lower=lambda low, op: _lower_hard_sigmoid_of(low, op, op.attrs["alpha"], op.attrs["beta"])))
 
 
 def _gelu(op, x):
@@ -106,8 +130,17 @@ def _gelu(op, x):
     return like(x, 0.5) * x * (1 + special.erf(x * like(x, np.sqrt(0.5))))
 
 
+def _lower_gelu(low, op):
+    """Relax nn.gelu (0.5 x (1 + erf(x / sqrt 2))) or nn.gelu_tanh, the kernel's two formulas."""
+    approximate = op.attrs.get("approximate", "none")
+    forms = {"none": low.relax.op.nn.gelu, "tanh": low.relax.op.nn.gelu_tanh}
+    if approximate not in forms:
+        raise QpassError(f"%{op.name}: gelu approximate={approximate!r} has no lowering; use 'none' or 'tanh'")
+    return forms[approximate](low.get(op.inputs[0]))
+
+
 define_op(OpDef("gelu", infer=_unary("gelu"), optional_attrs=("approximate",), traits=TABLE_UNARY, kernel=_gelu,
-                doc="approximate='none' (erf) or 'tanh'"))
+                lower=_lower_gelu, doc="approximate='none' (erf) or 'tanh'"))
 
 
 # --------------------------------------------------------------------------- clip
@@ -139,16 +172,16 @@ def _div(op, a, b):
     return np.divide(a, b)
 
 
-_BINARY = {  # kind: (kernel, Relax op, traits)
+_BINARY = {  # kind: (kernel, Relax op or lowering, traits)
     "add": (lambda op, a, b: np.add(a, b), "add", {T.ELEMENTWISE, T.INTEGER_FORM, T.FUSES_ACTIVATION}),
     "sub": (lambda op, a, b: np.subtract(a, b), "subtract", {T.ELEMENTWISE}),
     "mul": (lambda op, a, b: np.multiply(a, b), "multiply", {T.ELEMENTWISE, T.INTEGER_FORM}),
     "div": (_div, "divide", {T.ELEMENTWISE}),
-    "pow": (lambda op, a, b: np.power(a, b), None, {T.ELEMENTWISE}),
+    "pow": (lambda op, a, b: np.power(a, b), _lower_pow, {T.ELEMENTWISE}),
 }
-for _kind, (_kernel, _relax_name, _traits) in _BINARY.items():
+for _kind, (_kernel, _lowering, _traits) in _BINARY.items():
     define_op(OpDef(_kind, infer=_binary(_kind), inputs=2, traits=_traits, kernel=_kernel,
-                    lower=_relax_binary(_relax_name) if _relax_name else None,
+                    lower=_lowering if callable(_lowering) else _relax_binary(_lowering),
                     doc=f"elementwise {_kind} with numpy broadcasting"))
 
 

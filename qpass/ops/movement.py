@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qpass.errors import InterpreterError
+from qpass.errors import InterpreterError, QpassError
 from qpass.ir.opdef import OpDef, Trait, define_op
 from qpass.ir.types import TensorType
 from qpass.ops.common import MOVES, check_axis, fail, like, same_dtype
@@ -81,7 +81,19 @@ def _split(op, x):
     return tuple(np.split(x, np.cumsum(op.attrs["sizes"])[:-1], axis=op.attrs["axis"]))
 
 
-define_op(OpDef("split", infer=_split_types, attrs=("axis", "sizes"), kernel=_split))
+def _lower_split(low, op):
+    """Relax split at the running sums of `sizes`; binds each result to its tuple field."""
+    r = low.relax
+    if len(op.outputs) == 1:             # Relax split into one piece gives the tensor, not a tuple
+        low.set(op.output, low.get(op.inputs[0]))
+        return None
+    cuts = [int(c) for c in np.cumsum(op.attrs["sizes"])[:-1]]
+    pieces = low.emit(r.op.split(low.get(op.inputs[0]), cuts, op.attrs["axis"]))
+    for i, value in enumerate(op.outputs):
+        low.set(value, low.emit(r.TupleGetItem(pieces, i)))
+
+
+define_op(OpDef("split", infer=_split_types, attrs=("axis", "sizes"), kernel=_split, lower=_lower_split))
 
 
 def _slice_types(types, attrs):
@@ -121,9 +133,24 @@ def _gather_types(types, attrs):
     return [TensorType((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]), x.dtype)]
 
 
+def _lower_gather(low, op):
+    """Relax take. Constant indices are checked and made non-negative here; computed ones take
+    mode 'wrap', which maps ONNX's negative indices (counting from the end) to the same element."""
+    r, (x, indices), axis = low.relax.op, op.inputs, op.attrs["axis"]
+    if not indices.is_constant:
+        return r.take(low.get(x), low.get(indices), axis, mode="wrap")
+    length, data = x.type.shape[axis], np.asarray(indices.data)
+    if data.size and not (-length <= data.min() and data.max() < length):
+        raise QpassError(f"%{op.name}: gather indices {data.min()}..{data.max()} are out of range for axis {axis} "
+                         f"of length {length}")
+    # relax.const, not low.const: a rank-0 index must stay rank 0 (it drops the axis)
+    data = np.where(data < 0, data + length, data).astype(low.dtype(indices.type.dtype))
+    return r.take(low.get(x), low.relax.const(data), axis, mode="fast")
+
+
 define_op(OpDef("gather", infer=_gather_types, inputs=2, attrs=("axis",),
                 # np.take: negative indices count from the end, as in ONNX
-                kernel=lambda op, x, indices: np.take(x, indices, axis=op.attrs["axis"])))
+                kernel=lambda op, x, indices: np.take(x, indices, axis=op.attrs["axis"]), lower=_lower_gather))
 
 
 def _pad_types(types, attrs):
@@ -151,7 +178,36 @@ def _pad(op, x):
     return np.pad(x, widths, mode=mode)
 
 
-define_op(OpDef("pad", infer=_pad_types, attrs=("pads",), optional_attrs=("mode", "value"), kernel=_pad))
+def _lower_pad(low, op):
+    """Negative pads crop (strided_slice); constant mode is Relax nn.pad, reflect and edge gather
+    each padded axis at the indices numpy's own pad of arange gives (exact for any width, where
+    TOPI's reflect_pad and replicate_pad would need other conventions checked)."""
+    r, x = low.relax.op, op.inputs[0]
+    pads, shape, rank = op.attrs["pads"], x.type.shape, x.type.rank
+    begins, ends = pads[:rank], pads[rank:]
+    expr = low.get(x)
+    crop = [i for i in range(rank) if begins[i] < 0 or ends[i] < 0]
+    if crop:
+        expr = low.emit(r.strided_slice(expr, crop, [max(-begins[i], 0) for i in crop],
+                                        [shape[i] - max(-ends[i], 0) for i in crop], [1] * len(crop)))
+    widths = [(max(b, 0), max(e, 0)) for b, e in zip(begins, ends)]
+    mode = op.attrs.get("mode", "constant")
+    if mode == "constant":
+        value = op.attrs.get("value", 0)
+        return r.nn.pad(expr, [w for pair in widths for w in pair], "constant",
+                        float(value) if np.dtype(low.dtype(x.type.dtype)).kind == "f" else int(value))
+    if mode not in ("reflect", "edge"):
+        raise QpassError(f"%{op.name}: pad mode {mode!r} has no lowering; use constant, reflect or edge")
+    for axis, width in enumerate(widths):
+        if width != (0, 0):
+            length = shape[axis] - max(-begins[axis], 0) - max(-ends[axis], 0)
+            indices = np.pad(np.arange(length, dtype=np.int64), width, mode=mode)
+            expr = low.emit(r.take(expr, low.const(indices, "int64"), axis, mode="fast"))
+    return expr
+
+
+define_op(OpDef("pad", infer=_pad_types, attrs=("pads",), optional_attrs=("mode", "value"), kernel=_pad,
+                lower=_lower_pad))
 
 
 # --------------------------------------------------------------------------- resize
@@ -209,9 +265,9 @@ def _nearest_indices(coords, in_len, nearest_mode):
     return np.clip(index, 0, in_len - 1).astype(np.int64)
 
 
-def _linear_along(x, axis, coords):
-    """1-D linear interpolation along `axis`, coordinates clamped to the input like ORT."""
-    in_len = x.shape[axis]
+def _linear_taps(coords, in_len):
+    """The two samples of each output along an axis and their float32 weights, coordinates
+    clamped to the input like ORT (weights 0.5 each where the samples coincide)."""
     coords = np.clip(coords, np.float32(0), np.float32(in_len - 1))
     low = np.minimum(coords.astype(np.int64), in_len - 1)
     high = np.minimum(low + 1, in_len - 1)
@@ -219,35 +275,76 @@ def _linear_along(x, axis, coords):
     weight_high = np.abs(coords - low.astype(np.float32))
     edge = low == high
     weight_low[edge] = weight_high[edge] = np.float32(0.5)
+    return low, high, weight_low, weight_high
+
+
+def _linear_along(x, axis, coords):
+    """1-D linear interpolation along `axis`."""
+    low, high, weight_low, weight_high = _linear_taps(coords, x.shape[axis])
     view = [1] * x.ndim
     view[axis] = -1
     return (np.take(x, low, axis=axis) * weight_low.reshape(view)
             + np.take(x, high, axis=axis) * weight_high.reshape(view))
 
 
-def _resize(op, x):
-    """Nearest or (separable multi-)linear resize to `sizes`, with ONNX coordinate transforms.
+def _resize_steps(attrs, in_shape):
+    """What resize does to each axis it changes: (axis, source coordinates), in axis order.
 
     The scale of each axis is `scales[i]` when given, else out/in in float32 (what ORT derives
     from sizes); axes whose size and scale are both unchanged are left alone.
     """
-    sizes, mode = op.attrs["sizes"], op.attrs["mode"]
-    transform = op.attrs.get("coordinate_transformation_mode", "half_pixel")
-    nearest_mode = op.attrs.get("nearest_mode", "round_prefer_floor")
-    scales = op.attrs.get("scales") or [np.float32(o) / np.float32(i) for o, i in zip(sizes, x.shape)]
-    if mode == "linear":
-        x = x.astype(np.float32, copy=False)
-    for axis, (out_len, in_len, scale) in enumerate(zip(sizes, x.shape, scales)):
+    sizes = attrs["sizes"]
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    scales = attrs.get("scales") or [np.float32(o) / np.float32(i) for o, i in zip(sizes, in_shape)]
+    steps = []
+    for axis, (out_len, in_len, scale) in enumerate(zip(sizes, in_shape, scales)):
         scale = np.float32(scale)
-        if out_len == in_len and scale == 1:
-            continue
-        coords = _source_coordinates(out_len, in_len, scale, transform)
-        if mode == "nearest":
-            x = np.take(x, _nearest_indices(coords, in_len, nearest_mode), axis=axis)
+        if not (out_len == in_len and scale == 1):
+            steps.append((axis, _source_coordinates(out_len, in_len, scale, transform)))
+    return steps
+
+
+def _resize(op, x):
+    """Nearest or (separable multi-)linear resize to `sizes`, with ONNX coordinate transforms."""
+    nearest_mode = op.attrs.get("nearest_mode", "round_prefer_floor")
+    if op.attrs["mode"] == "linear":
+        x = x.astype(np.float32, copy=False)
+    for axis, coords in _resize_steps(op.attrs, x.shape):
+        if op.attrs["mode"] == "nearest":
+            x = np.take(x, _nearest_indices(coords, x.shape[axis], nearest_mode), axis=axis)
         else:
             x = _linear_along(x, axis, coords)
     return x
 
 
+def _lower_resize(low, op):
+    """The kernel's own per-axis gathers, with indices and weights computed here from the static
+    shapes: exact for every coordinate and rounding mode (image.resize2d lacks some of ONNX's,
+    e.g. pytorch_half_pixel's one-pixel rule and the round_prefer_* ties) and for any rank."""
+    r, x = low.relax.op, op.inputs[0]
+    nearest_mode = op.attrs.get("nearest_mode", "round_prefer_floor")
+    expr = low.get(x)
+    linear = op.attrs["mode"] == "linear"
+    if linear and x.type.dtype != "f32":
+        expr = low.emit(r.astype(expr, "float32"))
+    for axis, coords in _resize_steps(op.attrs, x.type.shape):
+        in_len = x.type.shape[axis]
+        if not linear:
+            indices = _nearest_indices(coords, in_len, nearest_mode)
+            expr = low.emit(r.take(expr, low.const(indices, "int64"), axis, mode="fast"))
+            continue
+        low_index, high_index, low_weight, high_weight = _linear_taps(coords, in_len)
+        view = [1] * x.type.rank
+        view[axis] = -1
+        terms = []
+        for index, weight in ((low_index, low_weight), (high_index, high_weight)):
+            taken = r.take(expr, low.const(index, "int64"), axis, mode="fast")
+            terms.append(r.multiply(taken, low.const(weight.reshape(view), "float32")))
+        expr = low.emit(r.add(*terms))
+    out_dtype = low.dtype(op.output.type.dtype)
+    return r.astype(expr, out_dtype) if linear and out_dtype != "float32" else expr
+
+
 define_op(OpDef("resize", infer=_resize_types, attrs=("sizes", "mode"),
-                optional_attrs=("coordinate_transformation_mode", "nearest_mode", "scales"), kernel=_resize))
+                optional_attrs=("coordinate_transformation_mode", "nearest_mode", "scales"), kernel=_resize,
+                lower=_lower_resize))

@@ -15,8 +15,8 @@ import numpy as np
 
 from qpass.ir.opdef import OpDef, Trait, define_op
 from qpass.ir.types import TensorType
-from qpass.ops.common import (MOVES, NATIVE, NHWC, accumulator, check_axis, fail, like, same_dtype, trunc_div,
-                              window_count, windows)
+from qpass.ops.common import (MOVES, NATIVE, NHWC, accumulator, channel_view, check_axis, fail, like, same_dtype,
+                              scalar_like, trunc_div, window_count, windows)
 
 T = Trait
 CONV_ATTRS = ("strides", "pads", "dilations", "groups")
@@ -114,8 +114,20 @@ def _conv_transpose2d(op, x, w, bias=None):
     return y
 
 
+def _lower_conv_transpose2d(low, op):
+    """Relax nn.conv2d_transpose: NCHW data, IOHW weight (ONNX's layout), pads [top, left, bottom, right]."""
+    r, a = low.relax.op, op.attrs
+    y = r.nn.conv2d_transpose(low.get(op.inputs[0]), low.get(op.inputs[1]), a["strides"], a["pads"],
+                              a.get("output_padding", [0, 0]), a["dilations"], a["groups"],
+                              out_dtype=low.dtype(op.output.type.dtype))
+    if len(op.inputs) > 2:
+        y = r.add(y, r.reshape(low.get(op.inputs[2]), (1, -1, 1, 1)))
+    return y
+
+
 define_op(OpDef("conv_transpose2d", infer=lambda t, a: conv_types("conv_transpose2d", t, a, transpose=True),
                 inputs=(2, 3), attrs=CONV_ATTRS, optional_attrs=("output_padding",), kernel=_conv_transpose2d,
+                lower=_lower_conv_transpose2d,
                 doc="transposed 2-D convolution, IOHW weight (ONNX ConvTranspose layout)"))
 
 
@@ -193,7 +205,18 @@ def _batch_norm(op, x, scale, bias, mean, var):
     return x * k.reshape(shape) + (bias - mean * k).reshape(shape)
 
 
+def _lower_batch_norm(low, op):
+    """The kernel's folded form x * k + (bias - mean * k), k = scale / sqrt(var + eps), in Relax arithmetic."""
+    r = low.relax.op
+    x, scale, bias, mean, var = (low.get(v) for v in op.inputs)
+    root = r.sqrt(r.add(var, scalar_like(low, op.attrs["epsilon"], op.inputs[4])))
+    k = r.multiply(r.divide(scalar_like(low, 1, op.inputs[4]), root), scale)
+    view = channel_view(op.inputs[0].type.shape)
+    return r.add(r.multiply(x, r.reshape(k, view)), r.reshape(r.subtract(bias, r.multiply(mean, k)), view))
+
+
 define_op(OpDef("batch_norm", infer=_batch_norm_types, inputs=5, attrs=("epsilon",), kernel=_batch_norm,
+                lower=_lower_batch_norm,
                 doc="inference batch norm: (x - mean) / sqrt(var + eps) * scale + bias, over axis 1"))
 
 
@@ -218,7 +241,20 @@ def _layer_norm(op, x, scale, bias=None):
     return y if bias is None else y + bias
 
 
+def _lower_layer_norm(low, op):
+    """The kernel's two-pass statistics in Relax arithmetic (the parameters broadcast like numpy's,
+    which Relax nn.layer_norm's exact-shape gamma/beta would not)."""
+    r, x = low.relax.op, op.inputs[0]
+    axes = list(range(op.attrs["axis"], x.type.rank))
+    centered = low.emit(r.subtract(low.get(x), r.mean(low.get(x), axes, keepdims=True)))
+    var = r.mean(r.multiply(centered, centered), axes, keepdims=True)
+    y = r.multiply(r.divide(centered, r.sqrt(r.add(var, scalar_like(low, op.attrs["epsilon"], x)))),
+                   low.get(op.inputs[1]))
+    return r.add(y, low.get(op.inputs[2])) if len(op.inputs) > 2 else y
+
+
 define_op(OpDef("layer_norm", infer=_layer_norm_types, inputs=(2, 3), attrs=("axis", "epsilon"), kernel=_layer_norm,
+                lower=_lower_layer_norm,
                 doc="normalize over axes [axis, rank), then * scale + bias"))
 
 

@@ -59,7 +59,7 @@ def _row(d: OpDef) -> str:
 def ops_markdown() -> str:
     """The whole of docs/ops.md."""
     traits = "\n".join(f"- `{t.value}`: {TRAIT_MEANINGS[t]}" for t in Trait)
-    return HEADER.format(traits=traits) + "\n".join(_row(d) for d in OPS.definitions()) + "\n"
+    return HEADER.format(traits=traits) + "\n".join(_row(d) for d in OPS.definitions() if d.builtin) + "\n"
 
 
 @command("ops", "list every op with its traits, and whether the interpreter and the targets implement it")
