@@ -16,12 +16,16 @@ from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
 from qpass.interpreter import interpret
 from qpass.ir.graph import Graph, Op
+from qpass.ir.opdef import Trait, op_def
 from qpass.ir.types import is_float
 from qpass.quant import is_float_layer, set_bias
 from qpass.quant.calibration import iterate
 
-# Activations that are the identity on [0, inf) and positive-homogeneous: f(x / s) = f(x) / s for s > 0.
-RELU_LIKE = {"relu", "leaky_relu"}
+
+def _relu_like(op: Op) -> bool:
+    """An activation that is the identity on [0, inf) and positive-homogeneous: f(x / s) = f(x) / s."""
+    d = op_def(op.kind)
+    return d.has(Trait.POSITIVE_HOMOGENEOUS) and not d.has(Trait.DATA_MOVEMENT)
 
 
 @dataclasses.dataclass
@@ -35,7 +39,7 @@ class Pair:
     @property
     def rectified(self) -> bool:
         """Whether a ReLU-like op sits between them (bias absorption then needs z >= c >= 0)."""
-        return any(op.kind in RELU_LIKE or op.kind == "clip" for op in self.path)
+        return any(_relu_like(op) or op.kind == "clip" for op in self.path)
 
     @property
     def clip_max(self) -> Optional[float]:
@@ -51,7 +55,7 @@ def _keeps_channels(op: Op, axis: int, relu6: str) -> Optional[int]:
     """The channel axis of `op`'s result if per-channel positive scaling of its operand's `axis`
     commutes with `op` (and the channel order is kept), else None."""
     rank = op.inputs[0].type.rank
-    if op.kind in RELU_LIKE or op.kind == "identity":
+    if op_def(op.kind).has(Trait.POSITIVE_HOMOGENEOUS):
         return axis
     if op.kind == "clip" and op.attrs.get("min") == 0:
         # clip(x / s, 0, m) * s == clip(x, 0, m s): with a max only where the data never reaches it

@@ -43,6 +43,8 @@ class Trait(str, enum.Enum):
     RETYPABLE_RESULT = "retypable-result"        # takes its 8-bit result dtype from `out_dtype`: its
     #                                              signedness may flip (integer attrs naming results shift)
     READS_QUANTIZATION = "reads-quantization"    # reads 8-bit operands only through their annotation
+    POSITIVE_HOMOGENEOUS = "positive-homogeneous"  # f(s x) = s f(x) for s > 0: per-channel positive
+    #                                              scaling passes through it (equalize-cross-layer)
 
 
 InferFn = Callable[[Sequence[object], dict], list]

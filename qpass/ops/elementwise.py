@@ -66,7 +66,8 @@ def _relu(op, x):
     return np.maximum(x, like(x, 0))
 
 
-define_op(OpDef("relu", infer=_unary("relu"), traits=TABLE_UNARY | {T.ACTIVATION}, kernel=_relu,
+define_op(OpDef("relu", infer=_unary("relu"), traits=TABLE_UNARY | {T.ACTIVATION, T.POSITIVE_HOMOGENEOUS},
+                kernel=_relu,
                 lower=lambda low, op: low.relax.op.nn.relu(low.get(op.inputs[0])),
                 static_range=lambda a: (0.0, None), doc="elementwise relu"))
 
@@ -103,7 +104,8 @@ def _leaky_relu(op, x):
     return np.where(x >= 0, x, x * like(x, op.attrs["alpha"]))
 
 
-define_op(OpDef("leaky_relu", infer=_unary("leaky_relu"), attrs=("alpha",), traits=TABLE_UNARY,
+define_op(OpDef("leaky_relu", infer=_unary("leaky_relu"), attrs=("alpha",),
+                traits=TABLE_UNARY | {T.POSITIVE_HOMOGENEOUS},
                 kernel=_leaky_relu,
                 # TOPI's select(x > 0, x, alpha * x) differs from the kernel only at x == 0, where both are 0
                 lower=lambda low, op: low.relax.op.nn.leakyrelu(low.get(op.inputs[0]), float(op.attrs["alpha"]))))

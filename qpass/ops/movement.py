@@ -18,7 +18,8 @@ from qpass.ops.common import MOVES, check_axis, fail, like, same_dtype
 
 T = Trait
 
-define_op(OpDef("identity", infer=lambda t, a: [t[0]], traits=MOVES | {T.ELEMENTWISE}, kernel=lambda op, x: x,
+define_op(OpDef("identity", infer=lambda t, a: [t[0]], traits=MOVES | {T.ELEMENTWISE, T.POSITIVE_HOMOGENEOUS},
+                kernel=lambda op, x: x,
                 lower=lambda low, op: low.get(op.inputs[0])))
 
 

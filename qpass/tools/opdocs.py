@@ -16,8 +16,8 @@ inference, traits, interpreter kernel and lowering. Traits are what passes ask a
 
 {traits}
 
-| op | operands | attributes (optional in brackets) | traits | interpreter | lowering | result range |
-|---|---|---|---|---|---|---|
+| op | what it computes | operands | attributes ([optional]) | traits | interpreter | lowering | result range |
+|---|---|---|---|---|---|---|---|
 """
 
 TRAIT_MEANINGS = {
@@ -34,6 +34,7 @@ TRAIT_MEANINGS = {
     Trait.EPILOGUE: "a requantize of its int32 result fuses into it",
     Trait.RETYPABLE_RESULT: "takes its 8-bit result dtype from `out_dtype`, so its signedness may change",
     Trait.READS_QUANTIZATION: "reads 8-bit operands only through their quantization annotation",
+    Trait.POSITIVE_HOMOGENEOUS: "f(s x) = s f(x) for s > 0, so per-channel positive scaling passes through it",
 }
 
 
@@ -51,8 +52,7 @@ def _row(d: OpDef) -> str:
     if d.static_range is not None:
         lo, hi = d.static_range({"min": "min", "max": "max"})
         rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-    doc = f" {d.doc}" if d.doc else ""
-    return (f"| `{d.name}`{doc} | {_operands(d)} | {attrs} | {traits} | {'yes' if d.kernel else 'none'} | "
+    return (f"| `{d.name}` | {d.doc or '-'} | {_operands(d)} | {attrs} | {traits} | {'yes' if d.kernel else 'none'} | "
             f"{'yes' if d.lower else 'none'} | {rng} |")
 
 
