@@ -21,10 +21,8 @@ class EliminateIdentity(Pass):
     name = "eliminate-identity"
 
     def run(self, graph, ctx):
-        changed = False
+        start = graph.revision
         for op in graph.ops:
             if op.inputs and len(op.outputs) == 1 and _is_identity(op):
-                graph.replace_all_uses(op.output, op.inputs[0])
-                graph.remove_op(op)
-                changed = True
-        return PassResult(graph, changed)
+                graph.replace_op(op, op.inputs[0], rename=False)
+        return PassResult(graph, graph.revision != start)

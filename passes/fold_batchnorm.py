@@ -17,7 +17,7 @@ class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
 
     def run(self, graph, ctx):
-        changed = False
+        start = graph.revision
         for bn in graph.find_ops("batch_norm"):
             conv = graph.producer(bn.inputs[0])
             if conv is None or conv.kind != "conv2d" or len(graph.users(conv.output)) != 1 \
@@ -37,10 +37,9 @@ class FoldBatchNorm(Pass):
             fused = graph.add_op("conv2d", [conv.inputs[0], w, b], conv.attrs, names=[conv.output.name + ".bn"],
                                  before=conv)
             fused.meta["from"] = [conv.name, bn.name]
-            graph.replace_all_uses(bn.output, fused.output)
-            graph.remove_op(bn)
+            graph.replace_op(bn, fused, rename=False)
             graph.remove_op(conv)
-            changed = True
+        changed = graph.revision != start
         if changed:
             graph.remove_dead()
         return PassResult(graph, changed)

@@ -17,7 +17,7 @@ class FoldConstants(Pass):
     max_elements: int = option(1 << 24, "leave ops whose results exceed this many elements")
 
     def run(self, graph, ctx):
-        changed = False
+        start = graph.revision
         for op in graph.ops:
             if not op.inputs or not all(v.is_constant for v in op.inputs):
                 continue
@@ -26,12 +26,10 @@ class FoldConstants(Pass):
             if sum(v.type.size for v in op.outputs) > self.max_elements:
                 continue
             results = run_op(op, [v.data for v in op.inputs])
-            for value, array in zip(op.outputs, results):
-                const = graph.add_constant(array, value.name + ".folded", dtype=value.type.dtype,
-                                           quant=value.type.quant)
-                graph.replace_all_uses(value, const)
-            graph.remove_op(op)
-            changed = True
+            constants = [graph.add_constant(array, value.name + ".folded", dtype=value.type.dtype,
+                                            quant=value.type.quant) for value, array in zip(op.outputs, results)]
+            graph.replace_op(op, constants, rename=False)
+        changed = graph.revision != start
         if changed:
             graph.remove_dead()
         return PassResult(graph, changed)

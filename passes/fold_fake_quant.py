@@ -2,8 +2,9 @@
 
 Works on graphs written by `quantize` and on QDQ models imported from other tools. Each rule
 looks at one `quantize` and the float op feeding it; operands must come from `dequantize`.
-What cannot become integer stays float between a dequantize and a quantize, and
-ctx.analyses.float_ops says which ops and why.
+Rules match first (checking every operand and parameter) and only then rewrite, so a rule that
+does not apply leaves no op behind. What cannot become integer stays float between a dequantize
+and a quantize, and ctx.analyses.float_ops says which ops and why.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from qpass import Pass, PassResult, register_pass
-from qpass.ir.fixed_point import quantize_multiplier
 from qpass.interpreter import evaluate, run_op
+from qpass.ir.fixed_point import quantize_multiplier
+from qpass.ir.opdef import Trait, has_trait
+from qpass.ir.rewrite import Match, NoMatch, Rule, apply_rules
 from qpass.ir.types import TensorType, dtype_range, is_float
-from qpass.quant import MOVE_KINDS, TABLE_KINDS
 from qpass.quant.params import dequantize_array, quantize_array
-
-
-
-class NoMatch(Exception):
-    """A rule does not apply; the message says why (kept for the report)."""
 
 
 def int_source(graph, value):
@@ -32,6 +29,7 @@ def int_source(graph, value):
 
 
 def per_tensor(value):
+    """(scale, zero point) of a per-tensor quantized value."""
     quant = value.type.quant
     if quant is None or quant.axis is not None:
         raise NoMatch(f"%{value.name} is not quantized per tensor")
@@ -54,28 +52,9 @@ def clamp_of(act, out_type) -> dict:
 
 
 def multiplier_attrs(real) -> dict:
+    """The fixed-point multiplier/shift attributes that scale by `real` (a scalar or per channel)."""
     m, s = quantize_multiplier(np.atleast_1d(real))
     return {"multiplier": [int(x) for x in m], "shift": [int(x) for x in s]}
-
-
-def fold_weight_quantizes(graph) -> bool:
-    """quantize(float constant) becomes an integer constant."""
-    changed = False
-    for op in graph.find_ops("quantize"):
-        if op.inputs[0].is_constant:
-            (data,) = run_op(op, [op.inputs[0].data])
-            const = graph.add_constant(data, op.output.name, dtype=op.output.type.dtype, quant=op.output.type.quant)
-            replace(graph, op, const)
-            changed = True
-    return changed
-
-
-def replace(graph, op, value) -> None:
-    """`value` (a new op's result) takes the place, and the name, of `op`'s single result."""
-    name = op.output.name
-    graph.replace_all_uses(op.output, value)
-    graph.remove_op(op)
-    graph.rename(value, name)
 
 
 def float_bias(graph, value) -> np.ndarray:
@@ -89,10 +68,48 @@ def float_bias(graph, value) -> np.ndarray:
     raise NoMatch("bias is not constant")
 
 
+def target_type(q, shape=None) -> TensorType:
+    """q's result dtype and quantization, at `shape` (q's own by default)."""
+    out = q.output.type
+    return TensorType(out.shape if shape is None else shape, out.dtype, out.quant)
+
+
+def rescale(x, have: TensorType, q, shape=None):
+    """The attributes of a requantize taking `x` (of type `have`) to q's parameters, or None when
+    it has them already; raises NoMatch unless both are per tensor."""
+    want = target_type(q, shape)
+    if have == want:
+        return None
+    (sx, _), (sy, _) = per_tensor(x), per_tensor(q.output)
+    return {**multiplier_attrs(sx / sy), "out_dtype": want.dtype}
+
+
+def requantized(graph, x, attrs, q, shape=None):
+    """`x` re-expressed with q's parameters (`attrs` from `rescale`): itself for None, else a
+    requantize placed ahead of q."""
+    if attrs is None:
+        return x
+    return graph.add_op("requantize", [x], attrs, types=[target_type(q, shape)], names=[x.name + ".rq"],
+                        before=q).output
+
+
 # --------------------------------------------------------------------------- rules
+def folding(name, match, build) -> Rule:
+    """A rule whose rewrite builds the integer value that replaces (and takes the name of) q."""
+    return Rule(name, match, lambda graph, q, m: graph.replace_op(q, build(graph, q, m)))
+
+
+def sandwiched(graph, q):
+    """The float op whose result q quantizes."""
+    producer = graph.producer(q.inputs[0])
+    if producer is None or producer.kind == "dequantize":
+        raise NoMatch("not a float op's result")
+    return producer
+
+
 def split_activation(graph, op):
     """(producer, activation) when `op` is a ReLU/Clip fused onto its producer, else (op, None)."""
-    if op.kind not in ("relu", "clip"):
+    if not has_trait(op.kind, Trait.ACTIVATION):
         return op, None
     producer = graph.producer(op.inputs[0])
     if producer is None or len(graph.users(producer.output)) != 1:
@@ -100,9 +117,10 @@ def split_activation(graph, op):
     return producer, op
 
 
-def rule_conv_dense(graph, q, op):
-    op, act = split_activation(graph, op)
-    if op.kind not in ("conv2d", "dense"):
+def match_conv_dense(graph, q):
+    """conv2d/dense (+ ReLU/Clip) over dequantized activations and constant weights, per-tensor output."""
+    op, act = split_activation(graph, sandwiched(graph, q))
+    if not has_trait(op.kind, Trait.WEIGHTED) or has_trait(op.kind, Trait.INTEGER):
         raise NoMatch("not a conv2d/dense")
     x, w = int_source(graph, op.inputs[0]), int_source(graph, op.inputs[1])
     if not w.is_constant:
@@ -112,21 +130,28 @@ def rule_conv_dense(graph, q, op):
     sx, _ = per_tensor(x)
     sy, _ = per_tensor(q.output)
     sw = np.asarray(w.type.quant.scale, np.float64)
-    inputs = [x, w]
+    bias = None
     if len(op.inputs) == 3:
-        bias = float_bias(graph, op.inputs[2])
-        bias = np.rint(bias.astype(np.float64) / (sx * sw))
-        inputs.append(graph.add_constant(np.clip(bias, -2**31, 2**31 - 1).astype(np.int32), op.name + ".bias_i32"))
+        bias = np.rint(float_bias(graph, op.inputs[2]).astype(np.float64) / (sx * sw))
+        bias = np.clip(bias, -2**31, 2**31 - 1).astype(np.int32)
+    return Match(op=op, act=act, x=x, w=w, bias=bias, rescale=multiplier_attrs(sx * sw / sy))
+
+
+def build_conv_dense(graph, q, m):
+    """qconv2d/qdense with an i32 bias, then a requantize carrying the activation's clamp."""
+    op, inputs = m.op, [m.x, m.w]
+    if m.bias is not None:
+        inputs.append(graph.add_constant(m.bias, op.name + ".bias_i32"))
     acc = graph.add_op("q" + op.kind, inputs, op.attrs, names=[op.name + ".acc"], before=q)
     axis = 1 if op.kind == "conv2d" else acc.output.type.rank - 1
-    attrs = {**multiplier_attrs(sx * sw / sy), "out_dtype": q.output.type.dtype, "axis": axis,
-             **clamp_of(act, q.output.type)}
+    attrs = {**m.rescale, "out_dtype": q.output.type.dtype, "axis": axis, **clamp_of(m.act, q.output.type)}
     return graph.add_op("requantize", [acc.output], attrs, types=[q.output.type], names=[op.name + ".rq"],
                         before=q).output
 
 
-def rule_add_mul(graph, q, op):
-    op, act = split_activation(graph, op)
+def match_add_mul(graph, q):
+    """add/mul (+ ReLU/Clip) of two per-tensor dequantized values."""
+    op, act = split_activation(graph, sandwiched(graph, q))
     if op.kind not in ("add", "mul"):
         raise NoMatch("not an add/mul")
     a, b = int_source(graph, op.inputs[0]), int_source(graph, op.inputs[1])
@@ -139,68 +164,120 @@ def rule_add_mul(graph, q, op):
         shift = big["shift"][0]
         ma, mb = (int(np.rint(s / sy * 2.0 ** shift)) for s in (sa, sb))
         attrs.update(multiplier=[ma, mb], shift=[shift])
-    return graph.add_op("q" + op.kind, [a, b], attrs, types=[q.output.type], names=[op.name + ".q"],
+    return Match(op=op, operands=[a, b], attrs=attrs)
+
+
+def build_add_mul(graph, q, m):
+    """qadd/qmul with the rescaling multipliers."""
+    return graph.add_op("q" + m.op.kind, m.operands, m.attrs, types=[q.output.type], names=[m.op.name + ".q"],
                         before=q).output
 
 
-def rule_reduce_mean(graph, q, op):
+def match_reduce_mean(graph, q):
+    """reduce_mean of a per-tensor dequantized value."""
+    op = sandwiched(graph, q)
     if op.kind != "reduce_mean":
         raise NoMatch("not a reduce_mean")
     x = int_source(graph, op.inputs[0])
     (sx, _), (sy, _) = per_tensor(x), per_tensor(q.output)
     count = int(np.prod([x.type.shape[a] for a in op.attrs["axes"]]))
-    attrs = {**op.attrs, **multiplier_attrs(sx / (count * sy)), "out_dtype": q.output.type.dtype}
-    return graph.add_op("qreduce_mean", [x], attrs, types=[q.output.type], names=[op.name + ".q"],
+    return Match(op=op, x=x, attrs={**op.attrs, **multiplier_attrs(sx / (count * sy)),
+                                    "out_dtype": q.output.type.dtype})
+
+
+def build_reduce_mean(graph, q, m):
+    """qreduce_mean, the count folded into its multiplier."""
+    return graph.add_op("qreduce_mean", [m.x], m.attrs, types=[q.output.type], names=[m.op.name + ".q"],
                         before=q).output
 
 
-def rule_move(graph, q, op):
-    if op.kind not in MOVE_KINDS:
+def match_move(graph, q):
+    """A data-movement op of a dequantized value (requantized after, if q's parameters differ)."""
+    op = sandwiched(graph, q)
+    if not has_trait(op.kind, Trait.DATA_MOVEMENT):
         raise NoMatch("not a data-movement op")
     x = int_source(graph, op.inputs[0])
-    moved_type = TensorType(op.output.type.shape, x.type.dtype, x.type.quant)
-    moved = graph.add_op(op.kind, [x], op.attrs, types=[moved_type], names=[op.name + ".int"], before=q)
-    return requantize_to(graph, moved.output, q)
+    moved = TensorType(op.output.type.shape, x.type.dtype, x.type.quant)
+    return Match(op=op, x=x, moved=moved, rescale=rescale(x, moved, q))
 
 
-def rule_lut(graph, q, op):
-    if op.kind not in TABLE_KINDS:
+def build_move(graph, q, m):
+    """The same movement on the integer value, then a requantize if needed."""
+    moved = graph.add_op(m.op.kind, [m.x], m.op.attrs, types=[m.moved], names=[m.op.name + ".int"], before=q)
+    return requantized(graph, moved.output, m.rescale, q)
+
+
+def match_lut(graph, q):
+    """A table-foldable unary op of a per-tensor dequantized value of at most 8 bits."""
+    op = sandwiched(graph, q)
+    if not has_trait(op.kind, Trait.TABLE):
         raise NoMatch("no table form")
     x = int_source(graph, op.inputs[0])
     per_tensor(x)
     lo, hi = dtype_range(x.type.dtype, x.type.quant.bits)
     if hi - lo > 255:
         raise NoMatch("table lookups need an operand of at most 8 bits")
-    codes = np.arange(lo, hi + 1)
-    reals = dequantize_array(codes, x.type.quant)
-    (outs,) = evaluate(op.kind, [reals], op.attrs)
+    return Match(op=op, x=x, codes=np.arange(lo, hi + 1))
+
+
+def build_lut(graph, q, m):
+    """A lookup table: the op evaluated on every integer code, quantized with q's parameters."""
+    (outs,) = evaluate(m.op.kind, [dequantize_array(m.codes, m.x.type.quant)], m.op.attrs)
     table = quantize_array(outs, q.output.type.quant, q.output.type.dtype)
-    return graph.add_op("lut", [x], {"table": [int(v) for v in table], "out_dtype": q.output.type.dtype},
-                        types=[q.output.type], names=[op.name + ".lut"], before=q).output
+    return graph.add_op("lut", [m.x], {"table": [int(v) for v in table], "out_dtype": q.output.type.dtype},
+                        types=[q.output.type], names=[m.op.name + ".lut"], before=q).output
 
 
-def rule_concat(graph, q, op):
+def match_concat(graph, q):
+    """concat of per-tensor dequantized values only."""
+    op = sandwiched(graph, q)
     if op.kind != "concat":
         raise NoMatch("not a concat")
     per_tensor(q.output)
     parts = []
-    for operand in op.inputs:
+    for operand in op.inputs:                     # every operand is checked before anything is built
         x = int_source(graph, operand)
         per_tensor(x)
-        parts.append(x if x.type == TensorType(x.type.shape, q.output.type.dtype, q.output.type.quant)
-                     else requantize_to(graph, x, q, shape=x.type.shape))
-    return graph.add_op("concat", parts, op.attrs, types=[q.output.type], names=[op.name + ".int"],
+        parts.append((x, rescale(x, x.type, q, shape=x.type.shape)))
+    return Match(op=op, parts=parts)
+
+
+def build_concat(graph, q, m):
+    """An integer concat of the operands, each requantized to q's parameters where they differ."""
+    parts = [requantized(graph, x, attrs, q, shape=x.type.shape) for x, attrs in m.parts]
+    return graph.add_op("concat", parts, m.op.attrs, types=[q.output.type], names=[m.op.name + ".int"],
                         before=q).output
 
 
-def requantize_to(graph, x, q, shape=None):
-    """`x` re-expressed with q's parameters: itself when they match, else a requantize's result."""
-    want = TensorType(shape or q.output.type.shape, q.output.type.dtype, q.output.type.quant)
-    if x.type == want:
-        return x
-    (sx, _), (sy, _) = per_tensor(x), per_tensor(q.output)
-    attrs = {**multiplier_attrs(sx / sy), "out_dtype": want.dtype}
-    return graph.add_op("requantize", [x], attrs, types=[want], names=[x.name + ".rq"], before=q).output
+def match_constant_quantize(graph, q):
+    """A quantize of a constant (a weight)."""
+    if not q.inputs[0].is_constant:
+        raise NoMatch("not a constant")
+    return Match()
+
+
+def fold_constant_quantize(graph, q, m):
+    """quantize(float constant) becomes an integer constant."""
+    (data,) = run_op(q, [q.inputs[0].data])
+    const = graph.add_constant(data, q.output.name, dtype=q.output.type.dtype, quant=q.output.type.quant)
+    graph.replace_op(q, const)
+
+
+def match_requantize_pair(graph, q):
+    """quantize(dequantize(x)) with per-tensor parameters, or equal ones."""
+    dq = graph.producer(q.inputs[0])
+    if dq is None or dq.kind != "dequantize":
+        raise NoMatch("not a dequantize's result")
+    x = dq.inputs[0]
+    return Match(x=x, rescale=rescale(x, x.type, q))
+
+
+def fold_requantize_pair(graph, q, m):
+    """quantize(dequantize(x)) becomes x when the parameters agree (it keeps its name), else a requantize."""
+    if m.rescale is None:
+        graph.replace_op(q, m.x, rename=False)
+    else:
+        graph.replace_op(q, requantized(graph, m.x, m.rescale, q))
 
 
 def explain(kind: str, why: list[str]) -> str:
@@ -209,7 +286,14 @@ def explain(kind: str, why: list[str]) -> str:
     return f"{kind}: " + ("; ".join(relevant) if relevant else "has no integer form")
 
 
-RULES = (rule_conv_dense, rule_add_mul, rule_reduce_mean, rule_move, rule_lut, rule_concat)
+WEIGHTS = (Rule("constant-quantize", match_constant_quantize, fold_constant_quantize),)
+SANDWICHES = (folding("conv-dense", match_conv_dense, build_conv_dense),
+              folding("add-mul", match_add_mul, build_add_mul),
+              folding("reduce-mean", match_reduce_mean, build_reduce_mean),
+              folding("move", match_move, build_move),
+              folding("lut", match_lut, build_lut),
+              folding("concat", match_concat, build_concat))
+PAIRS = (Rule("requantize-pair", match_requantize_pair, fold_requantize_pair),)
 
 
 @register_pass
@@ -220,38 +304,15 @@ class FoldFakeQuant(Pass):
     name = "fold-fake-quant"
 
     def run(self, graph, ctx):
-        changed = fold_weight_quantizes(graph)
+        start = graph.revision
+        apply_rules(graph, WEIGHTS, anchor_kind="quantize")
         reasons = {}
-        for q in graph.find_ops("quantize"):
+        for q, why in apply_rules(graph, SANDWICHES, anchor_kind="quantize").failures.items():
             producer = graph.producer(q.inputs[0])
-            if producer is None or producer.kind == "dequantize":
-                continue
-            why = []
-            for rule in RULES:
-                try:
-                    new = rule(graph, q, producer)
-                except NoMatch as e:
-                    why.append(str(e))
-                    continue
-                replace(graph, q, new)
-                changed = True
-                break
-            else:
+            if producer is not None and producer.kind != "dequantize":
                 reasons[producer.name] = explain(producer.kind, why)
-        for q in graph.find_ops("quantize"):
-            dq = graph.producer(q.inputs[0])
-            if dq is None or dq.kind != "dequantize":
-                continue
-            try:
-                new = requantize_to(graph, dq.inputs[0], q)
-            except NoMatch:
-                continue
-            if new is dq.inputs[0]:                       # the pair cancels
-                graph.replace_all_uses(q.output, new)
-                graph.remove_op(q)
-            else:
-                replace(graph, q, new)
-            changed = True
+        apply_rules(graph, PAIRS, anchor_kind="quantize")
+        changed = graph.revision != start
         if changed:
             graph.remove_dead()
         for op in graph.ops:                          # every float op left, sandwiched or not

@@ -1,8 +1,8 @@
 """fuse-requant: fold a requantize into the epilogue of the integer op that feeds it."""
 
 from qpass import Pass, PassResult, register_pass
+from qpass.ir.opdef import Trait, has_trait
 
-PRODUCERS = {"qconv2d", "qdense"}
 EPILOGUE = ("multiplier", "shift", "clamp", "out_dtype", "axis")
 
 
@@ -22,26 +22,19 @@ class FuseRequant(Pass):
     name = "fuse-requant"
 
     def run(self, graph, ctx):
-        changed = False
+        start = graph.revision
         for op in graph.find_ops("requantize"):
             source = op.inputs[0]
             producer = graph.producer(source)
             if is_identity(op):
-                graph.replace_all_uses(op.output, source)
-                graph.remove_op(op)
-                changed = True
+                graph.replace_op(op, source, rename=False)
                 continue
-            if (producer is None or producer.kind not in PRODUCERS or "multiplier" in producer.attrs
+            if (producer is None or not has_trait(producer.kind, Trait.EPILOGUE) or "multiplier" in producer.attrs
                     or len(graph.users(source)) != 1 or graph.is_output(source)):
                 continue
             attrs = {**producer.attrs, **{k: op.attrs[k] for k in EPILOGUE if k in op.attrs}}
-            name = op.output.name
-            fused = graph.add_op(producer.kind, producer.inputs, attrs, types=[op.output.type], names=[name + ".fused"],
-                                 before=producer)
-            fused.meta["from"] = [producer.name, op.name]
-            graph.replace_all_uses(op.output, fused.output)
-            graph.remove_op(op)
+            fused = graph.add_op(producer.kind, producer.inputs, attrs, types=[op.output.type],
+                                 names=[op.output.name + ".fused"], before=producer)
+            graph.replace_op(op, fused)
             graph.remove_op(producer)
-            graph.rename(fused.output, name)
-            changed = True
-        return PassResult(graph, changed)
+        return PassResult(graph, graph.revision != start)

@@ -16,14 +16,12 @@ import numpy as np
 
 from qpass import Pass, PassResult, option, register_pass
 from qpass.errors import PassError
-from qpass.quant import MOVE_KINDS
+from qpass.ir.opdef import Trait, has_trait
 
-# Ops whose 8-bit result may be retyped (they take the output dtype from attrs or their type).
-PRODUCERS = frozenset({"quantize", "qconv2d", "qdense", "requantize", "qadd", "qmul", "qreduce_mean", "lut"})
-# Ops whose result type follows their operand's: operand and result change together.
-FOLLOWERS = MOVE_KINDS | {"concat"}
-# Ops that read an 8-bit operand through its quantization annotation only.
-READERS = frozenset({"qconv2d", "qdense", "requantize", "qadd", "qmul", "qreduce_mean", "lut", "dequantize"})
+
+def _follows(op) -> bool:
+    """The op's result type follows its operands': operand and result change together."""
+    return has_trait(op.kind, Trait.FOLLOWS_OPERAND)
 
 
 def _flippable(dtype: str, quant) -> bool:
@@ -43,11 +41,10 @@ class LegalizeActivations(Pass):
             raise PassError(f"legalize-activations: dtype must be u8 or i8, got {self.dtype!r}")
         other = "i8" if self.dtype == "u8" else "u8"
         delta = 128 if self.dtype == "u8" else -128
-        changed = False
+        start = graph.revision
         for group in self._groups(graph, other):
             self._shift(graph, group, delta)
-            changed = True
-        return PassResult(graph, changed)
+        return PassResult(graph, graph.revision != start)
 
     def _groups(self, graph, dtype):
         """Sets of activation values of `dtype` that must change together, and safely can."""
@@ -56,7 +53,7 @@ class LegalizeActivations(Pass):
             if not value.is_constant and value.type.dtype == dtype and _flippable(dtype, value.type.quant):
                 links.add_node(value)
         for op in graph.ops:
-            if op.kind in FOLLOWERS:
+            if _follows(op):
                 for a in op.inputs:
                     if a in links and op.output in links:
                         links.add_edge(a, op.output)
@@ -69,15 +66,15 @@ class LegalizeActivations(Pass):
         if graph.is_output(value):
             return False                                  # the caller sees this dtype: keep it
         producer = graph.producer(value)
-        if producer is None or producer.kind not in PRODUCERS | FOLLOWERS:
+        if producer is None or not (_follows(producer) or has_trait(producer.kind, Trait.RETYPABLE_RESULT)):
             return False
-        if producer.kind in FOLLOWERS and not all(v in group for v in producer.inputs):
+        if _follows(producer) and not all(v in group for v in producer.inputs):
             return False
         for user in graph.users(value):
-            if user.kind in FOLLOWERS:
+            if _follows(user):
                 if user.output not in group:
                     return False
-            elif user.kind not in READERS:
+            elif not has_trait(user.kind, Trait.READS_QUANTIZATION):
                 return False
         return True
 
@@ -87,12 +84,12 @@ class LegalizeActivations(Pass):
         for value in group:
             quant = value.type.quant
             shifted = dataclasses.replace(quant, zero_point=quant.zero_point.astype(np.int64) + delta)
-            value.type = dataclasses.replace(value.type, dtype=new_dtype, quant=shifted)
+            graph.retype(value, dataclasses.replace(value.type, dtype=new_dtype, quant=shifted))
             op = graph.producer(value)
-            if op.kind in FOLLOWERS or op.kind == "quantize":
+            if _follows(op) or op.kind == "quantize":      # their result type is all there is to change
                 continue
-            op.attrs["out_dtype"] = new_dtype
+            graph.set_attr(op, "out_dtype", new_dtype)
             if "clamp" in op.attrs:
-                op.attrs["clamp"] = [int(op.attrs["clamp"][0]) + delta, int(op.attrs["clamp"][1]) + delta]
+                graph.set_attr(op, "clamp", [int(op.attrs["clamp"][0]) + delta, int(op.attrs["clamp"][1]) + delta])
             if op.kind == "lut":
-                op.attrs["table"] = [int(t) + delta for t in op.attrs["table"]]
+                graph.set_attr(op, "table", [int(t) + delta for t in op.attrs["table"]])
