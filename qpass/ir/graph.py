@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from qpass.errors import IRError
-from qpass.ir.types import MissingData, QuantParams, TensorType, array_digest, freeze, numpy_dtype
+from qpass.ir.types import MissingData, QuantParams, TensorType, array_digest, digest_of, freeze, numpy_dtype
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]+$")
 # Room between neighbouring insertion keys: this many inserts at one place before a relabelling.
@@ -521,8 +521,17 @@ class Graph:
     # ----------------------------------------------------------------- whole-graph
     def copy(self) -> "Graph":
         """A structural copy (constant arrays are immutable and shared)."""
-        from qpass.ir.text import clone
-        return clone(self)
+        out = Graph(self.name)
+        for v in self.inputs:
+            out.add_input(v.name, v.type)
+        for v in self.constants():
+            out.add_constant_value(v.name, v.type, v.data)
+        for op in self.ops:
+            new = out.add_op(op.kind, [out.value(v.name) for v in op.inputs], op.attrs,
+                             types=[v.type for v in op.outputs], names=[v.name for v in op.outputs])
+            new.meta = dict(op.meta)
+        out.set_outputs(out.value(v.name) for v in self.outputs)
+        return out
 
     def verify(self) -> "Graph":
         """Raise IRError listing every structural or type problem; returns the graph."""
@@ -530,14 +539,23 @@ class Graph:
         verify(self)
         return self
 
+    def _structure(self):
+        def typed(v: Value):
+            return (v.name, v.type)
+        return (self.name, [typed(v) for v in self.inputs], [v.name for v in self.outputs],
+                [(typed(v), digest_of(v.data)) for v in self.constants()],
+                [(op.kind, [v.name for v in op.inputs], [typed(v) for v in op.outputs]) for op in self.ops])
+
     def __eq__(self, other) -> bool:
-        from qpass.ir.text import graphs_equal
-        return isinstance(other, Graph) and graphs_equal(self, other)
+        """Structural equality: names, types with annotations, constants by content, ops and attributes."""
+        if not isinstance(other, Graph) or self._structure() != other._structure():
+            return False
+        return all(attrs_equal(x.attrs, y.attrs) for x, y in zip(self.ops, other.ops))
 
     __hash__ = None
 
     def __str__(self) -> str:
-        from qpass.ir.text import print_graph
+        from qpass.ir.printer import print_graph
         return print_graph(self)
 
     def __repr__(self) -> str:

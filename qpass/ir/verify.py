@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from qpass.errors import IRError
 from qpass.ir.opdef import OPS, check_result_types
-from qpass.ir.text import format_type
+from qpass.ir.printer import format_type
 from qpass.ir.types import MissingData, dtype_range
 
 if TYPE_CHECKING:                      # graph.py calls verify: importing it here would be a cycle

@@ -16,7 +16,7 @@ from typing import Optional, TextIO
 from qpass.errors import PassError, QpassError
 from qpass.ir.graph import Graph
 from qpass.ir.serialize import atomic_write
-from qpass.ir.text import print_graph
+from qpass.ir.printer import print_graph
 
 
 class Instrument:
