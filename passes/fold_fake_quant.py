@@ -316,7 +316,9 @@ class FoldFakeQuant(Pass):
         if changed:
             graph.remove_dead()
         for op in graph.ops:                          # every float op left, sandwiched or not
-            if op.kind not in ("quantize", "dequantize") and is_float(op.outputs[0].type.dtype):
+            if op.kind not in ("quantize", "dequantize") and is_float(op.outputs[0].type.dtype) \
+                    and not (op.kind == "cast" and is_float(op.inputs[0].type.dtype)):   # f16 <-> f32 boundary
                 reasons.setdefault(op.name, explain(op.kind, []))
+        reasons.update(ctx.analyses.custom.get("quantize", {}).get("float_ops", {}))   # quantize kept these float
         ctx.analyses.float_ops = {name: reasons[name] for name in sorted(reasons) if graph.has_value(name)}
         return PassResult(graph, changed)

@@ -29,10 +29,16 @@ def insert_fake_quant(graph, value, params, dtype):
     return q, dq
 
 
+# Ops that join their operands' values at one output scale: inputs of very different ranges lose the
+# small ones. (Products such as mul and matmul scale instead, so any ranges combine well.)
+_ONE_SCALE_JOINS = ("concat", "add")
+
+
 @register_pass
 class Quantize(Pass):
     """Insert fake-quant pairs on activations (from ctx.analyses.ranges, see range-analysis) and
-    on the weights of conv2d/dense. Activations that a ReLU/Clip follows are quantized after it."""
+    on the weights of conv2d/dense. Activations that a ReLU/Clip follows are quantized after it; a
+    concat or add of inputs whose ranges differ more than max-range-ratio times stays float."""
 
     name = "quantize"
     weights: Literal["per-channel", "per-tensor", "per-group"] = option("per-channel", "weight granularity")
@@ -45,6 +51,9 @@ class Quantize(Pass):
     keep_float: list[str] = option([], "op name patterns (fnmatch) whose weights stay float")
     keep_int8: list[str] = option([], "op name patterns (fnmatch), or first / last (the first / last conv or "
                                       "dense in program order), whose weights stay 8-bit")
+    max_range_ratio: float = option(
+        64.0, "a concat or add whose inputs' calibrated max |value| differ more than this many times stays "
+              "float (one 8-bit scale would flatten the small inputs to zero); 0 turns the check off")
 
     def run(self, graph, ctx):
         ranges = ctx.analyses.ranges
@@ -71,16 +80,23 @@ class Quantize(Pass):
             graph.set_input(op, 1, dq.output)
             changed = True
         symmetric = self.activations == "symmetric"
+        mixed = self.mixed_range_ops(graph, ranges)
+        ctx.analyses.custom["quantize"] = {"float_ops": {op.name: why for op, why in mixed.items()}}
+        floated = {v.name for op in mixed for v in op.outputs}
         activations = [v for v in graph.inputs] + [v for op in graph.ops for v in op.outputs]
         for value in activations:
-            if not is_float(value.type.dtype) or value.name not in ranges:
+            if not is_float(value.type.dtype) or value.name not in ranges or value.name in floated:
                 continue
             producer = graph.producer(value)
             if producer is not None and producer.kind in ("quantize", "dequantize"):
                 continue
             users = graph.users(value)
+            # A float16 input reaches the f32 graph through a widening cast: quantize after it.
+            if producer is None and users and all(user.kind == "cast" and is_float(user.outputs[0].type.dtype)
+                                                  for user in users):
+                continue
             if producer is not None and not has_trait(producer.kind, Trait.INTEGER_FORM) \
-                    and not any(has_trait(user.kind, Trait.INTEGER_FORM) for user in users):
+                    and not any(has_trait(user.kind, Trait.INTEGER_FORM) and user not in mixed for user in users):
                 continue
             # An activation right after its producer is quantized after it, not before: it folds
             # into the producer's clamp.
@@ -98,6 +114,38 @@ class Quantize(Pass):
             insert_fake_quant(graph, value, params, self.activation_dtype)
             changed = True
         return PassResult(graph, changed)
+
+    def mixed_range_ops(self, graph, ranges) -> dict:
+        """The concats and adds whose inputs' ranges differ more than max-range-ratio times -> why they stay
+        float, and the data movement after them (it would requantize the joined values to one scale again).
+
+        Their inputs keep their own scales and are dequantized before them, so fold-fake-quant leaves
+        them float (it lists them in ctx.analyses.float_ops; the reason is in custom["quantize"]).
+        """
+        mixed: dict = {}
+        if self.max_range_ratio <= 0:
+            return mixed
+        floated: set[str] = set()
+        for op in graph.ops:
+            if op.kind in _ONE_SCALE_JOINS:
+                sizes = {v.name: max(abs(ranges[v.name][0]), abs(ranges[v.name][1])) for v in op.inputs
+                         if not v.is_constant and is_float(v.type.dtype) and v.name in ranges}
+                sizes = {name: size for name, size in sizes.items() if size > 0}
+                if len(sizes) >= 2:
+                    largest, smallest = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
+                    ratio = sizes[largest] / sizes[smallest]
+                    if ratio > self.max_range_ratio:
+                        mixed[op] = (
+                            f"{op.kind}: its inputs' calibrated ranges differ {ratio:.0f}x (%{largest} up to "
+                            f"{sizes[largest]:.4g}, %{smallest} up to {sizes[smallest]:.4g}), more than "
+                            f"max-range-ratio={self.max_range_ratio:g}; at one 8-bit scale the small inputs "
+                            "would round to zero, so it stays float (quantize{max-range-ratio=0} quantizes it "
+                            "anyway)")
+                        floated.update(v.name for v in op.outputs)
+            elif has_trait(op.kind, Trait.DATA_MOVEMENT) and op.inputs and op.inputs[0].name in floated:
+                mixed[op] = f"{op.kind}: moves the values of a mixed-range {graph.producer(op.inputs[0]).kind}"
+                floated.update(v.name for v in op.outputs)
+        return mixed
 
     def int8_layers(self, graph) -> set[str]:
         """Names of the conv/dense ops that keep-int8 names (first / last, or by pattern)."""

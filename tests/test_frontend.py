@@ -472,3 +472,62 @@ def test_converter_errors_name_the_node():
 def test_unsupported_opset_is_an_error():
     with pytest.raises(FrontendError, match="opset 8.*version_converter"):
         import_onnx(make_model([node("Relu", "x")], {"x": [2]}, opset=8))
+
+
+# =========================================================================== float16 models and output names
+HALF = TensorProto.FLOAT16
+
+
+def half_model() -> onnx.ModelProto:
+    """conv + relu + gemm entirely in float16 (weights, input and output), as an f16 export gives."""
+    rng = np.random.default_rng(16)
+    half = {name: (rng.standard_normal(shape) * 0.3).astype(np.float16)
+            for name, shape in (("w", (4, 3, 3, 3)), ("b", (4,)), ("gw", (5, 144)), ("gb", (5,)))}
+    nodes = [node("Conv", ["x", "w", "b"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
+             node("Flatten", ["r"], "f"), node("Gemm", ["f", "gw", "gb"], "y", transB=1)]
+    return make_model(nodes, {"x": ([1, 3, 6, 6], HALF)}, initializers=half, output_type=HALF)
+
+
+def test_float16_model_computes_in_f32_behind_an_f16_interface():
+    graph = import_onnx(half_model())
+    (x,), (y,) = graph.inputs, graph.outputs
+    assert (x.name, x.type.dtype, y.name, y.type.dtype) == ("x", "f16", "y", "f16")
+    assert {v.type.dtype for v in graph.constants()} == {"f32"}
+    kinds = [op.kind for op in graph.ops]
+    assert kinds[0] == kinds[-1] == "cast" and "f16" not in {v.type.dtype for op in graph.ops[1:-1] for v in op.outputs}
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float16)}
+    ours = interpret(graph, feeds)["y"]
+    assert ours.dtype == np.float16
+    # ONNX Runtime computes in f16, qpass in f32 rounded once at the output: equal within f16 rounding.
+    assert relative_difference(ours, onnxruntime_outputs(half_model(), feeds)[0]) <= 4e-3
+
+
+def test_cast_to_float16_inside_a_model_computes_in_f32():
+    model = make_model([node("Cast", ["x"], "h", to=HALF), node("Relu", ["h"], "r"), node("Cast", ["r"], "y", to=FLOAT)],
+                       {"x": [1, 8]})
+    graph = import_onnx(model)
+    assert [op.kind for op in graph.ops] == ["relu"] and graph.outputs[0].name == "y"
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)}
+    # f32 throughout where ONNX rounds to f16 once: equal within f16 rounding.
+    assert_matches_onnxruntime(graph, model, feeds, tolerance=1e-3)
+
+
+def test_output_after_identity_keeps_the_onnx_output_name():
+    """PP-OCR's last node is Identity(softmax) -> 'save_infer_model/scale_0.tmp_1'; the op that computes
+    the value carries the output's name, so removing pass-through ops cannot rename the output."""
+    model = make_model([node("Softmax", ["x"], "softmax_0.tmp_0", axis=1),
+                        node("Identity", ["softmax_0.tmp_0"], "save_infer_model/scale_0.tmp_1")],
+                       {"x": [1, 8]}, outputs=("save_infer_model/scale_0.tmp_1",))
+    graph = import_onnx(model)
+    assert [(op.kind, op.name) for op in graph.ops] == [("softmax", "save_infer_model.scale_0.tmp_1")]
+    assert [v.name for v in graph.outputs] == ["save_infer_model.scale_0.tmp_1"]
+
+
+def test_graph_input_passed_to_two_outputs_keeps_both_names():
+    model = make_model([node("Identity", ["x"], "a"), node("Relu", ["x"], "r"), node("Identity", ["r"], "b"),
+                        node("Identity", ["r"], "c")], {"x": [1, 4]}, outputs=("a", "b", "c"))
+    graph = import_onnx(model)
+    assert [v.name for v in graph.outputs] == ["a", "b", "c"]
+    feeds = {"x": np.arange(-2, 2, dtype=np.float32).reshape(1, 4)}
+    assert list(interpret(graph, feeds)) == ["a", "b", "c"]
+    assert_matches_onnxruntime(graph, model, feeds, tolerance=0)

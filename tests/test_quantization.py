@@ -207,3 +207,53 @@ def test_ops_without_integer_form_stay_float_and_are_reported():
     kinds = [op.kind for op in q.ops]
     assert "qdense" in kinds and kinds[kinds.index("softmax") - 1] == "dequantize"
     assert np.allclose(interpret(q, samples[0])["p"], interpret(g, samples[0])["p"], atol=0.02)
+
+
+def test_float16_model_quantizes_and_compiles_bit_exact(tmp_path):
+    """An f16 model computes in f32 inside (its interface stays f16): it quantizes to integer ops, and the
+    x86 build equals the interpreter bit for bit."""
+    from test_frontend import half_model
+    import onnx
+    path = tmp_path / "half.onnx"
+    onnx.save(half_model(), str(path))
+    rng = np.random.default_rng(0)
+    calibration = {"x": rng.standard_normal((8, 1, 3, 6, 6)).astype(np.float16)}
+    compiled = qpass.compile(str(path), "x86_64-linux-gnu", calibration=calibration)
+    graph = compiled.graph
+    kinds = [op.kind for op in graph.ops]
+    assert {"qconv2d", "qdense"} <= set(kinds) and kinds.count("quantize") == 1, kinds
+    assert [(v.name, v.type.dtype) for v in graph.inputs + graph.outputs] == [("x", "f16"), ("y", "f16")]
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float16)
+    got, want = compiled.run({"x": x}), interpret(graph, {"x": x})
+    assert got["y"].dtype == np.float16 and np.array_equal(got["y"], want["y"])
+    float_y = interpret(qpass.import_onnx(str(path)), {"x": x})["y"].astype(np.float32)
+    assert np.abs(want["y"] - float_y).max() < 0.05 * np.abs(float_y).max()
+
+
+def identity_output_graph():
+    """dense -> softmax -> Identity as the graph output, the ending of PP-OCR's cls model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32), "fc.w")
+    nodes = [helper.make_node("MatMul", ["x", "fc.w"], ["linear_0.tmp_0"]),
+             helper.make_node("Softmax", ["linear_0.tmp_0"], ["softmax_0.tmp_0"], axis=1),
+             helper.make_node("Identity", ["softmax_0.tmp_0"], ["save_infer_model/scale_0.tmp_1"])]
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("save_infer_model/scale_0.tmp_1", TensorProto.FLOAT,
+                                                             [1, 4])], [w])
+    return qpass.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_integer_graph_keeps_the_output_names():
+    g = identity_output_graph()
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32)} for i in range(8)]
+    q = qpass.quantize(g, samples, quiet=True)
+    assert [v.name for v in q.outputs] == [v.name for v in g.outputs] == ["save_infer_model.scale_0.tmp_1"]
+    assert list(interpret(q, samples[0])) == list(interpret(g, samples[0]))
+
+
+def test_ppocr_cls_integer_graph_keeps_the_output_name():
+    from assets import PPOCR_MODELS, ppocr_model, text_image
+    g = qpass.import_onnx(str(ppocr_model(PPOCR_MODELS[2])), {"x": (1, 3, 48, 192)})
+    q = qpass.quantize(g, {"x": np.stack([text_image((1, 3, 48, 192), seed=i) for i in range(2)])}, quiet=True)
+    assert [v.name for v in q.outputs] == [v.name for v in g.outputs] == ["save_infer_model.scale_0.tmp_1"]

@@ -115,6 +115,11 @@ def _check_supported(graph: onnx.GraphProto, source: str) -> None:
         f"ONNX domain only, control flow such as If/Loop is not supported): {', '.join(sorted(CONVERTERS))}")
 
 
+def _declared_dtype(info: onnx.ValueInfoProto) -> Optional[str]:
+    """The IR dtype a graph input or output declares, or None when it declares none."""
+    return ONNX_TO_IR.get(info.type.tensor_type.elem_type) if info.type.HasField("tensor_type") else None
+
+
 def _dims_text(dims: Optional[list]) -> str:
     return "unknown (no shape in the model)" if dims is None else repr(dims)
 
@@ -137,6 +142,7 @@ class Importer:
         self._operands: dict[str, Operand] = {}           # ONNX value name -> array or IR value
         self._array_names: dict[int, str] = {}            # id(array) -> IR name when materialized
         self._materialized: dict[tuple[int, Optional[str]], tuple[np.ndarray, Value]] = {}
+        self._halves: dict[Value, Value] = {}             # f32 result -> its f16 graph output
 
     def run(self) -> Graph:
         """Convert the whole model; returns the verified graph without dead ops."""
@@ -162,12 +168,14 @@ class Importer:
             for onnx_name, result in zip(proto.output, results):
                 if onnx_name:
                     self._bind(onnx_name, result)
-        outputs = []
+        outputs: list[Value] = []
         for info in onnx_graph.output:
             if info.name not in self._operands:
                 raise FrontendError(f"{self.source}: graph output '{info.name}' is produced by no node")
             operand = self._operands[info.name]
-            outputs.append(operand if isinstance(operand, Value) else self.materialize(operand, info.name))
+            value = operand if isinstance(operand, Value) else self.materialize(operand, info.name)
+            value = self._named_output(value, sanitize_name(info.name), outputs)
+            outputs.append(self._as_half(value) if _declared_dtype(info) == "f16" else value)
         self.graph.set_outputs(outputs)
         self.graph.remove_dead()
         return self.graph.verify()
@@ -192,7 +200,10 @@ class Importer:
             else:
                 # Input names are what users pass (--input-shape, calibration files): keep them if valid.
                 name = self.graph.fresh_name(info.name if _VALID_NAME.match(info.name) else sanitize_name(info.name))
-                self._bind(info.name, self.graph.add_input(name, TensorType(shape, dtype)))
+                value = self.graph.add_input(name, TensorType(shape, dtype))
+                if dtype == "f16":   # a float16 model computes in f32 (see _bind); its interface stays f16
+                    value = self.graph.add_op("cast", [value], {"to": "f32"}, names=[name + ".f32"]).output
+                self._bind(info.name, value)
         if dynamic:
             described = "; ".join(f"input '{n}' has shape {_dims_text(d)}" for n, d in dynamic)
             cli = " ".join(f"--input-shape {n}={'x'.join(map(str, _example_shape(d)))}" for n, d in dynamic)
@@ -240,8 +251,34 @@ class Importer:
                     f"'{name}' with shape {dims}; give {len(dims)} dimensions and keep the fixed ones")
         return shape
 
+    def _named_output(self, value: Value, name: str, earlier: list[Value]) -> Value:
+        """`value` under the ONNX output's name, which users read results by; the name can differ when a
+        node passed its operand through (Identity, a no-op Reshape or Cast): then the op computing it
+        takes the name, so no pass can lose it by removing a pass-through op."""
+        if value.name == name or self.graph.has_value(name):
+            return value
+        if value.is_constant or self.graph.producer(value) is None or any(v is value for v in earlier):
+            return self.graph.add_op("identity", [value], names=[name]).output   # a graph input passed through
+        self.graph.rename(value, name)
+        return value
+
+    def _as_half(self, value: Value) -> Value:
+        """Float16 graph output `value` back in f16, under its name (the f32 result becomes '<name>.f32')."""
+        if value.type.dtype != "f32":
+            return value
+        if value not in self._halves:   # the same value may be listed as two outputs
+            name = value.name
+            self.graph.rename(value, self.graph.fresh_name(name + ".f32"))
+            self._halves[value] = self.graph.add_op("cast", [value], {"to": "f16"}, names=[name]).output
+        return self._halves[value]
+
     # ------------------------------------------------------------------ the environment
     def _bind(self, onnx_name: str, operand: Operand) -> None:
+        if isinstance(operand, np.ndarray) and operand.dtype == np.float16:
+            # float16 constants (initializers, Constant nodes, casts of constants) become f32: the
+            # model computes in f32, which quantization and every backend support; its f16 inputs
+            # and outputs are cast at the boundary (_add_inputs, _as_half), so its interface stays.
+            operand = operand.astype(np.float32)
         self._operands[onnx_name] = operand
         if isinstance(operand, np.ndarray):
             self._array_names.setdefault(id(operand), sanitize_name(onnx_name))

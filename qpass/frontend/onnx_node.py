@@ -70,9 +70,10 @@ def element_type_name(code: int) -> str:
 
 
 def ir_array(array: np.ndarray) -> np.ndarray:
-    """`array` in a dtype the IR stores: doubles become f32, booleans u8, wide unsigned ints i64."""
+    """`array` in a dtype the IR stores: doubles and halves become f32, booleans u8, wide unsigned ints
+    i64 (a float16 model computes in f32; see `Importer` for its f16 inputs and outputs)."""
     array = np.asarray(array)
-    if array.dtype == np.float64:
+    if array.dtype in (np.float64, np.float16):
         return array.astype(np.float32)
     if array.dtype == np.bool_:
         return array.astype(np.uint8)

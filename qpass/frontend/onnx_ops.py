@@ -180,13 +180,19 @@ def binary(node: Node):
 
 
 _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Sqrt": "sqrt", "Exp": "exp",
-          "HardSwish": "hard_swish", "Identity": "identity"}
+          "HardSwish": "hard_swish"}
 
 
 @converter(*_UNARY)
 def unary(node: Node):
-    """ONNX elementwise ops without attributes (and Identity) -> the IR op of the same meaning."""
+    """ONNX elementwise ops without attributes -> the IR op of the same meaning."""
     return node.emit(_UNARY[node.op_type], [node.input(0)])
+
+
+@converter("Identity")
+def identity(node: Node):
+    """ONNX Identity -> its operand (a graph output it feeds takes the output's name, see Importer)."""
+    return node.input(0)
 
 
 @converter("LeakyRelu")

@@ -79,12 +79,11 @@ def dequantize(node: Node):
     params, dtype = _quant_params(node, shape_of(q), q_dtype)
     if q_dtype != dtype:
         raise node.fail(f"its input is {q_dtype} but its zero point is {dtype}; they must agree")
-    attrs = {"to": "f16"} if node.input(1).dtype == np.float16 else {}
     if isinstance(q, np.ndarray):
         value = node.constant(q, dtype=dtype, quant=params)
     else:
         value = _annotated(node, q, params)
-    return node.emit("dequantize", [value], attrs, fold=False)
+    return node.emit("dequantize", [value], fold=False)   # f32, also for float16 scales (Importer._bind)
 
 
 def _dtype(operand: Operand) -> Optional[str]:

@@ -37,14 +37,16 @@ def shape(node: Node):
 
 @converter("Cast")
 def cast(node: Node):
-    """ONNX Cast -> a converted array for constants, else cast{to}."""
+    """ONNX Cast -> a converted array for constants, else cast{to}, or its operand when that has the type
+    already (a cast to float16 casts to f32)."""
     x, to = node.input(0), node.attr("to")
     if isinstance(x, np.ndarray):
         return x.astype(helper.tensor_dtype_to_np_dtype(to))
     if to not in ONNX_TO_IR:
         raise node.fail(f"casting a run-time value to {element_type_name(to)} is not supported; "
                         f"the IR has {', '.join(ONNX_TO_IR.values())}")
-    return node.emit("cast", [x], {"to": ONNX_TO_IR[to]})
+    dtype = "f32" if ONNX_TO_IR[to] == "f16" else ONNX_TO_IR[to]   # float16 computes in f32 (Importer._bind)
+    return x if x.type.dtype == dtype else node.emit("cast", [x], {"to": dtype})
 
 
 def _reshape(node: Node, shape) -> Operand:
