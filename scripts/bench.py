@@ -86,7 +86,7 @@ def export_resnet18(path: str, seed: int = 0) -> None:
     """
     import torch
     from torch import nn
-    from qpass.tools.images import load_images, random_crops
+    from qpass.frontend.images import load_images, random_crops
 
     class BasicBlock(nn.Module):
         def __init__(self, inputs: int, outputs: int, stride: int):
@@ -141,7 +141,7 @@ def input_name(path: Path) -> str:
 def photo_inputs(calib: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Seeded random crops for calibration, and the center crop of TIMING_PHOTO for timing."""
     from PIL import Image
-    from qpass.tools.images import center_crop, load_images, random_crops
+    from qpass.frontend.images import center_crop, load_images, random_crops
     crops = random_crops(load_images(PHOTOS), calib, seed=seed)
     return crops, center_crop(Image.open(PHOTOS / TIMING_PHOTO).convert("RGB"))
 

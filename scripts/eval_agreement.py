@@ -21,7 +21,7 @@ import numpy as np
 
 import qpass
 from qpass.compiler import weight_bytes
-from qpass.tools.images import load_images, random_crops
+from qpass.frontend.images import load_images, random_crops
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -2,18 +2,22 @@
 
 Accepted forms: a list of {input name: array} samples; a dict {input name: array with a leading
 sample axis}; an .npz file of that dict; a folder of .npy files (one per sample, for a graph with
-one input) or of .npz files (one per sample). Every problem is a clear error naming the input.
+one input) or of .npz files (one per sample); a folder of images with an explicit preprocessing
+spec (`SampleSource(folder, "resize=256,crop=224,...")`, or `preprocess=` of `load_calibration`;
+see qpass.frontend.images). Every problem is a clear error naming the input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Union
+from typing import Iterable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
 from qpass.errors import QpassError
+from qpass.frontend.images import ImagePreprocess, image_files, suggest_spec
 from qpass.ir.graph import Graph, Value
 
 
@@ -21,16 +25,55 @@ class CalibrationError(QpassError):
     """Calibration data does not fit the model."""
 
 
-Samples = Union[str, Path, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
+@dataclasses.dataclass(frozen=True)
+class SampleSource:
+    """A path to samples with the preprocessing spec that turns its images into inputs (None: no images)."""
+
+    path: Union[str, Path]
+    preprocess: Optional[Union[str, ImagePreprocess]] = None
+
+    def spec(self) -> Optional[ImagePreprocess]:
+        return as_preprocess(self.preprocess)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def as_preprocess(spec) -> Optional[ImagePreprocess]:
+    """An ImagePreprocess from a spec string (or one already made, or None)."""
+    return ImagePreprocess.parse(spec) if isinstance(spec, str) else spec
+
+
+Samples = Union[str, Path, SampleSource, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
 
 # What numpy raises for a file that is not (or no longer) a readable .npy/.npz.
 _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def _from_path(path: Path, graph: Graph) -> list[dict]:
+def image_input(graph: Graph, spec: Optional[ImagePreprocess], source: str, what: str = "calibration") -> Value:
+    """The one input that images of `source` feed, with `spec` checked against it before any image is read."""
+    if len(graph.inputs) != 1:
+        raise CalibrationError(f"{what} images {source}: images feed a single-input model; this one takes "
+                               f"{', '.join(v.name for v in graph.inputs)}: give .npz samples instead")
+    value = graph.inputs[0]
+    if spec is None:
+        raise CalibrationError(f"{what} data {source} holds images, and images need an explicit preprocessing "
+                               f"spec to become input {value.name!r} {list(value.type.shape)}: pass e.g. --preprocess "
+                               f"\"{suggest_spec(value.type.shape)}\" (in Python: SampleSource(path, spec)); "
+                               "check the model's own resize, normalization and layout")
+    spec.check(value.name, value.type.shape, value.type.dtype)
+    return value
+
+
+def _from_images(path: Path, files: list[Path], graph: Graph, spec: Optional[ImagePreprocess]) -> list[dict]:
+    value = image_input(graph, spec, str(path))
+    return [{value.name: spec.load(f)} for f in files]
+
+
+def _from_path(path: Path, graph: Graph, spec: Optional[ImagePreprocess] = None) -> list[dict]:
     if not path.exists():
-        raise CalibrationError(f"calibration path {path} does not exist; give an .npz file or a folder of .npy "
-                               "or .npz files")
+        raise CalibrationError(f"calibration path {path} does not exist; give an .npz file, a folder of .npy "
+                               "or .npz files, or a folder of images with --preprocess SPEC")
     if path.is_file():
         if path.suffix != ".npz":
             raise CalibrationError(f"calibration file {path} is not an .npz; save a dict of input name -> array "
@@ -43,8 +86,15 @@ def _from_path(path: Path, graph: Graph) -> list[dict]:
                                    "(input name -> array with a leading sample axis)") from None
         return _split(arrays, graph, str(path))
     files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+    images = image_files(path)
+    if images and files:
+        raise CalibrationError(f"calibration folder {path} holds both images and .npy/.npz files; keep one kind "
+                               "of sample per folder")
+    if images:
+        return _from_images(path, images, graph, spec)
     if not files:
-        raise CalibrationError(f"calibration folder {path} holds no .npy or .npz files; add one file per sample")
+        raise CalibrationError(f"calibration folder {path} holds no .npy or .npz files (and no images to use with "
+                               "--preprocess SPEC); add one file per sample")
     samples = []
     for f in files:
         try:
@@ -86,10 +136,17 @@ def _split(batched: Mapping[str, np.ndarray], graph: Graph, source: str) -> list
     return samples
 
 
-def load_calibration(data: Samples, graph: Graph) -> list[dict]:
-    """Normalize `data` into a checked list of samples for `graph`."""
+def load_calibration(data: Samples, graph: Graph, preprocess: Optional[Union[str, ImagePreprocess]] = None
+                     ) -> list[dict]:
+    """Normalize `data` into a checked list of samples for `graph`.
+
+    `preprocess` (a spec string or an ImagePreprocess) turns a folder of images into samples; it is
+    checked against the model input before any image is read.
+    """
+    if isinstance(data, SampleSource):
+        data, preprocess = data.path, data.preprocess if preprocess is None else preprocess
     if isinstance(data, (str, Path)):
-        samples = _from_path(Path(data), graph)
+        samples = _from_path(Path(data), graph, as_preprocess(preprocess))
     elif isinstance(data, Mapping):
         samples = _split(data, graph, "dict")
     else:
@@ -98,22 +155,31 @@ def load_calibration(data: Samples, graph: Graph) -> list[dict]:
     return samples
 
 
-def check_samples(samples: list[dict], graph: Graph) -> None:
-    """Check every sample against the graph's inputs (names, dtype, shape, finite values); casts in place."""
+def check_samples(samples: list[dict], graph: Graph, what: str = "calibration",
+                  names: Optional[list[str]] = None) -> None:
+    """Check every sample against the graph's inputs (names, dtype, shape, finite values); casts in place.
+
+    A sample array may leave out a leading batch axis of 1 ([3, 48, 192] for an input [1, 3, 48, 192]).
+    `what` and `names` (one per sample, e.g. its file) say in errors which data and sample is wrong.
+    """
     if not samples:
-        raise CalibrationError("the calibration data is empty; give at least one sample per input "
+        raise CalibrationError(f"the {what} data is empty; give at least one sample per input "
                                f"({', '.join(v.name for v in graph.inputs)})")
-    names = {v.name for v in graph.inputs}
+    inputs = {v.name for v in graph.inputs}
     for i, sample in enumerate(samples):
-        if set(sample) != names:
-            missing, extra = sorted(names - set(sample)), sorted(set(sample) - names)
-            raise CalibrationError(f"calibration sample {i}: " + ("; ".join(
+        label = f"{what} sample {names[i] if names else i}"
+        if set(sample) != inputs:
+            missing, extra = sorted(inputs - set(sample)), sorted(set(sample) - inputs)
+            raise CalibrationError(f"{label}: " + ("; ".join(
                 part for part in (f"missing input(s) {', '.join(missing)}" if missing else "",
                                   f"unknown name(s) {', '.join(extra)}" if extra else "") if part))
-                + f". The model takes {', '.join(sorted(names))}: name each array after the input it feeds.")
+                + f". The model takes {', '.join(sorted(inputs))}: name each array after the input it feeds.")
         for value in graph.inputs:
-            _check_array(np.asarray(sample[value.name]), value, f"calibration sample {i}, input {value.name}")
-            sample[value.name] = np.asarray(sample[value.name]).astype(value.type.numpy_dtype, copy=False)
+            array = np.asarray(sample[value.name])
+            if array.shape != value.type.shape and (1, *array.shape) == value.type.shape:
+                array = array[None]
+            _check_array(array, value, f"{label}, input {value.name}")
+            sample[value.name] = array.astype(value.type.numpy_dtype, copy=False)
 
 
 def _check_array(array: np.ndarray, value: Value, where: str) -> None:
@@ -122,11 +188,21 @@ def _check_array(array: np.ndarray, value: Value, where: str) -> None:
         raise CalibrationError(f"{where}: dtype {array.dtype} does not fit the model's {want.dtype}; convert the "
                                f"data to {want.numpy_dtype} as the model's preprocessing does")
     if array.shape != want.shape:
-        raise CalibrationError(f"{where}: shape {list(array.shape)} does not match the model's {list(want.shape)}; "
-                               f"an .npz holds one array of shape [samples, {', '.join(map(str, want.shape))}] "
-                               "per input")
+        raise CalibrationError(f"{where}: shape {list(array.shape)} does not match the model's {list(want.shape)}. "
+                               f"{accepted_shapes(want.shape)}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise CalibrationError(f"{where}: contains NaN or Inf values; clean the data before calibrating")
+
+
+def accepted_shapes(shape: tuple[int, ...]) -> str:
+    """The sentence saying which array shapes calibration data may have for an input of `shape`."""
+    dims = ", ".join(map(str, shape))
+    if shape and shape[0] == 1:
+        inner = ", ".join(map(str, shape[1:]))
+        return (f"Each sample is [{dims}] or [{inner}]; an .npz or dict stacks the samples along a new first "
+                f"axis: [N, {dims}] or [N, {inner}] per input (N samples)")
+    return (f"Each sample is [{dims}]; an .npz or dict stacks the samples along a new first axis: "
+            f"[N, {dims}] per input (N samples)")
 
 
 def iterate(samples: list[dict], desc: str = "calibrating", quiet: bool = False) -> Iterator[dict]:

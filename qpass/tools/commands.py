@@ -87,10 +87,68 @@ def load_model(path: str, input_shapes: Optional[list[str]] = None):
 
 
 def add_quantization_options(parser: argparse.ArgumentParser, calib_required: bool = True) -> None:
-    """--calib, --bits and --method, shared by the commands that quantize."""
-    parser.add_argument("--calib", required=calib_required, metavar="PATH",
-                        help="calibration data: an .npz (input name -> array with a leading sample axis) "
-                             "or a folder of .npy / .npz samples")
+    """--calib, --preprocess, --bits and --method, shared by the commands that quantize.
+
+    With --preprocess (in any order), `args.calib` is a `SampleSource(path, spec)` that every
+    `load_calibration` reads; without it, the plain path. `args.preprocess` holds the parsed spec.
+    """
+    parser.add_argument("--calib", required=calib_required, metavar="PATH", action=_CalibrationPath,
+                        help="calibration data: an .npz (input name -> array with a leading sample axis), "
+                             "a folder of .npy / .npz samples, or a folder of images with --preprocess")
+    parser.add_argument("--preprocess", metavar="SPEC", type=parse_preprocess_arg, action=_CalibrationPath,
+                        help="how images become the model input, e.g. \"resize=256,crop=224,mean=0.485/0.456/0.406,"
+                             "std=0.229/0.224/0.225,scale=1/255,layout=NCHW\" (keys: resize=S|HxW (short side or "
+                             "exact), crop=S|HxW (centre), scale (default 1/255), mean, std (per channel, '/'), "
+                             "color=rgb|bgr|gray, layout=NCHW|NHWC|CHW|HWC)")
     parser.add_argument("--bits", default="8", choices=["8", "4", "mixed"], help="weight bits (activations int8)")
     parser.add_argument("--method", default="percentile",
                         choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """--eval and --eval-limit: top-1 accuracy on held-out labelled data (see qpass.quant.evaluation)."""
+    parser.add_argument("--eval", metavar="PATH",
+                        help="held-out labelled data for real accuracy: a labels.csv of path,label rows (images "
+                             "use the --preprocess spec), a folder of .npz samples with a `label`, or an .npz of "
+                             "input arrays plus `labels`; never the calibration data")
+    parser.add_argument("--eval-limit", type=_positive_int, default=200, metavar="N",
+                        help="evaluate on the first N samples (default 200; each runs the float and the "
+                             "integer model in the reference interpreter, about a second each for MobileNetV2)")
+
+
+def evaluation_source(args: argparse.Namespace):
+    """What --eval names, with the --preprocess spec its images use; None without --eval."""
+    if not getattr(args, "eval", None):
+        return None
+    from qpass.quant.calibration import SampleSource
+    return SampleSource(args.eval, getattr(args, "preprocess", None))
+
+
+def parse_preprocess_arg(text: str):
+    """--preprocess SPEC -> ImagePreprocess; a bad spec is an argparse error naming the option."""
+    from qpass.frontend.images import ImagePreprocess
+    try:
+        return ImagePreprocess.parse(text)
+    except QpassError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number, e.g. --eval-limit 200") from None
+    return value
+
+
+class _CalibrationPath(argparse.Action):
+    """Stores --calib and --preprocess, and whichever comes last makes `calib` carry the spec."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        path, spec = getattr(namespace, "calib", None), getattr(namespace, "preprocess", None)
+        if path is not None and spec is not None:
+            from qpass.quant.calibration import SampleSource
+            namespace.calib = SampleSource(getattr(path, "path", path), spec)
