@@ -4,11 +4,43 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+from qpass.errors import QpassError
 from qpass.ir.graph import Graph
+from qpass.ir.opdef import Trait, op_def
 from qpass.passmgr.manager import PassContext, run_passes
 from qpass.quant.calibration import Samples, load_calibration
 
 CANONICALIZE = "fold-constants,fold-batchnorm,eliminate-identity,eliminate-dead-code"
+FOLD_QDQ = f"{CANONICALIZE},fold-fake-quant,fuse-requant,eliminate-dead-code"
+NEEDS_CALIBRATION = ("give calibration data so qpass can choose quantization ranges: calibration=... in Python "
+                     "(a path, a dict of input name -> array with a leading sample axis, or a list of samples), "
+                     "--calib PATH on the command line (an .npz of input name -> samples, or a folder of "
+                     ".npy/.npz samples)")
+
+
+def is_integer(op) -> bool:
+    """Whether `op` computes in integers (its definition has the INTEGER trait)."""
+    return op_def(op.kind).has(Trait.INTEGER)
+
+
+def model_kind(graph: Graph) -> str:
+    """"integer" (already compiled IR), "qdq" (fake-quant pairs, e.g. from a QAT tool) or "float"."""
+    kinds = {op.kind for op in graph.ops}
+    if any(is_integer(op) for op in graph.ops):
+        return "integer"
+    return "qdq" if {"quantize", "dequantize"} <= kinds else "float"
+
+
+def default_pipeline(kind: str, bits: Union[int, str] = 8, method: str = "percentile",
+                     budget: float = 0.6, **quantize_options) -> str:
+    """The pipeline quantize and compile run on a graph of `kind` (see `model_kind`) by default.
+
+    A float graph gets the calibrated quantization pipeline, a QDQ graph the fold pipeline (its
+    ranges are in its Q/DQ pairs already, nothing to calibrate), integer IR none ("").
+    """
+    if kind == "float":
+        return quantization_pipeline(bits, method, budget=budget, **quantize_options)
+    return FOLD_QDQ if kind == "qdq" else ""
 
 
 def quantization_pipeline(bits: Union[int, str] = 8, method: str = "percentile", weights: str = "per-channel",
@@ -48,12 +80,26 @@ def quantize(graph: Graph, calibration: Samples, bits: Union[int, str] = 8, meth
     the mean output shift of weight rounding into the biases (correct-bias). `cle`, `adaround` and
     `keep_int8`: see `quantization_pipeline`. `pipeline` replaces the default pipeline (see
     `quantization_pipeline`). Returns a new graph; `graph` is unchanged.
+
+    An already fake-quantized (QDQ) graph needs no calibration: its Q/DQ pairs fold into integer
+    ops (`FOLD_QDQ`), and `calibration` may be None.
     """
-    samples = load_calibration(calibration, graph)
+    kind = model_kind(graph)
+    if pipeline is None:
+        if kind == "integer":
+            raise QpassError(f"graph @{graph.name} is integer IR already (it holds integer ops); there is nothing "
+                             "to quantize. Compile it as it is (qpass.compile(graph, target) or `qpass compile "
+                             "FILE.qir`), or give pipeline= to run passes on it")
+        if kind == "float" and calibration is None:
+            raise QpassError(f"graph @{graph.name} is a float model: quantize needs calibration data (calibration "
+                             f"is None); {NEEDS_CALIBRATION}. An already fake-quantized (QDQ) model "
+                             "needs none")
+        pipeline = default_pipeline(kind, bits, method, budget, weights=weights, bias_correction=bias_correction,
+                                    cle=cle, adaround=adaround, keep_int8=keep_int8)
+    samples = load_calibration(calibration, graph) if calibration is not None else None
     ctx = ctx or PassContext(verify_each=True)
-    ctx.calibration = samples                          # the caller's data wins over what ctx held
+    if samples is not None:
+        ctx.calibration = samples                      # the caller's data wins over what ctx held
     ctx.quiet = ctx.quiet or quiet
     with ctx:
-        return run_passes(graph.copy(),
-                          pipeline or quantization_pipeline(bits, method, weights, budget, bias_correction,
-                                                            cle, adaround, keep_int8), ctx)
+        return run_passes(graph.copy(), pipeline, ctx)

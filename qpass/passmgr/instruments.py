@@ -9,7 +9,9 @@ import dataclasses
 import difflib
 import html
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, TextIO
 
@@ -42,11 +44,41 @@ class PrintAfter(Instrument):
             out.flush()
 
 
+def creation_problem(directory) -> Optional[str]:
+    """Why nothing can be created in the existing `directory` (None when it can): a probe entry is
+    created and removed, which catches read-only mounts and /proc that permission bits do not."""
+    try:
+        probe = tempfile.mkdtemp(dir=directory, prefix=".qpass-probe-")
+    except OSError as e:
+        return e.strerror or str(e)
+    os.rmdir(probe)
+    return None
+
+
+def check_dump_dir(directory, option: str = "--dump-ir") -> None:
+    """Refuse, before any work, an IR dump directory that could not be created or written."""
+    path = Path(directory)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = None
+    if not existing.is_dir():
+        why = "it is a file" if existing == path else f"{existing} is a file"
+    else:
+        problem = creation_problem(existing)
+        if problem:
+            why = f"nothing can be created in {existing} ({problem})"
+    if why:
+        raise QpassError(f"cannot create the IR dump directory {path}: {why}. Choose a writable {option} "
+                         "directory.")
+
+
 class DumpIR(Instrument):
     """Write `00-input.qir`, then `NN-<pass>.qir` and `NN-<pass>.diff` after each pass that changed the IR.
 
     At the end of the pipeline, `index.html` steps through every pass: its time, whether it
-    changed the IR, the diff and the IR text.
+    changed the IR, the diff and the IR text. Used for several pipelines in turn (compile's passes,
+    then the backend's legalization), it keeps numbering where the last one stopped.
     """
 
     def __init__(self, directory):
@@ -55,6 +87,7 @@ class DumpIR(Instrument):
         self.files: list[Path] = []
         self.steps: list[DumpStep] = []
         self.texts: list[str] = []
+        self.offset = 0                  # passes dumped by earlier pipelines
 
     def _write(self, stem: str, text: str) -> str:
         """Write `stem`.qir and, after the first, its diff from the previous dump; returns the diff."""
@@ -74,6 +107,15 @@ class DumpIR(Instrument):
         return diff
 
     def run_before_pipeline(self, graph, passes):
+        if self.steps:                   # a later pipeline: continue after the passes dumped so far
+            self.offset = self.steps[-1].index
+            text = print_graph(graph)
+            if text != self.texts[-1]:   # changed between the pipelines: dump it as that pipeline's input
+                self.offset += 1
+                diff = self._write(f"{self.offset:02d}-input", text)
+                self.steps.append(DumpStep(self.offset, "input", None, True, self.previous[0], diff,
+                                           len(self.texts) - 1))
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -84,6 +126,7 @@ class DumpIR(Instrument):
         self.steps.append(DumpStep(0, "input", None, True, "00-input.qir", "", 0))
 
     def run_after_pass(self, index, p, graph, changed, seconds):
+        index += self.offset
         diff = self._write(f"{index:02d}-{p.name}", print_graph(graph)) if changed else ""
         self.steps.append(DumpStep(index, str(p), seconds, changed, self.previous[0], diff, len(self.texts) - 1))
 

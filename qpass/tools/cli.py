@@ -15,8 +15,8 @@ from typing import Optional
 
 from qpass.backends import backend
 from qpass.errors import QpassError
-from qpass.tools.commands import (COMMANDS, add_quantization_options, command, load_model, load_plugin,
-                                  parse_shape_arg)
+from qpass.tools.commands import (COMMANDS, add_evaluation_options, add_quantization_options, command,
+                                  evaluation_source, load_model, load_plugin, parse_shape_arg)
 
 # Modules whose import registers more subcommands with @command (kept out of this file so that
 # each feature owns its command).
@@ -34,14 +34,15 @@ def _show(parser):
         for path in filter(None, [args.html, args.svg]):
             _check_writable_file(path)
         graph = load_model(args.model, args.input_shape)
+        sys.stdout.write(str(graph))
         if args.html or args.svg:
             from qpass.tools.viewer import graph_html, graph_svg, write_text_file
             if args.html:
                 write_text_file(args.html, graph_html(graph), "the page")
+                print(f"wrote the HTML page {args.html}", file=sys.stderr)
             if args.svg:
                 write_text_file(args.svg, graph_svg(graph), "the picture")
-        else:
-            sys.stdout.write(str(graph))
+                print(f"wrote the SVG picture {args.svg}", file=sys.stderr)
         return 0
     return run
 
@@ -52,15 +53,19 @@ def _passes(parser):
         from qpass.passmgr.passes import REGISTRY, describe_type
         for name in REGISTRY.names():
             cls = REGISTRY.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()
-            print(f"{name}\n    {doc[0] if doc else ''}")
+            print(f"{name}\n    {summary(cls.__doc__)}")
             for field, hint in cls.option_types().items():
                 f = next(f for f in cls.options() if f.name == field)
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                print(f"    {field.replace('_', '-')}: {describe_type(hint)} = {default}"
-                      f"{'  ' + f.metadata['doc'] if f.metadata.get('doc') else ''}")
+                doc = " ".join(f.metadata.get("doc", "").split())
+                print(f"    {field.replace('_', '-')}: {describe_type(hint)} = {default}{'  ' + doc if doc else ''}")
         return 0
     return run
+
+
+def summary(doc: Optional[str]) -> str:
+    """A docstring's first paragraph on one line (its source line breaks removed, nothing cut)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 @command("opt", "run a pass pipeline on an ONNX model or .qir file (like mlir-opt)")
@@ -110,32 +115,46 @@ def _opt(parser):
 @command("quantize", "quantize a float model to integer IR with calibration data (no TVM involved)")
 def _quantize(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
-    add_quantization_options(parser)
+    add_quantization_options(parser, calib_required=False)      # required unless --print-pipeline
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
-    parser.add_argument("-o", "--output", required=True, help="write the integer IR here (.qir + .npz)")
+    parser.add_argument("-o", "--output", help="write the integer IR here (.qir + .npz); required unless "
+                        "--print-pipeline")
     parser.add_argument("--report", metavar="FILE.json", help="also write the quantization report as JSON")
     parser.add_argument("--dump-ir", metavar="DIR", help="write NN-<pass>.qir and .diff files after each change")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no report on stdout")
+    parser.add_argument("--print-pipeline", action="store_true",
+                        help="print the pass pipeline quantize would run (for --pipeline) and exit")
 
     def run(args):
         from qpass import PassContext, run_passes
-        from qpass.api import CANONICALIZE, quantization_pipeline, quantize
-        from qpass.passmgr.instruments import DumpIR
+        from qpass.api import CANONICALIZE, quantize
+        from qpass.passmgr.instruments import DumpIR, check_dump_dir
         from qpass.ir import save
         from qpass.passmgr.pipeline import parse_pipeline
         from qpass.quant.calibration import load_calibration
         from qpass.quant.report import dumps, format_report, quantization_report
         bits = int(args.bits) if args.bits.isdigit() else args.bits
-        pipeline = args.pipeline or quantization_pipeline(bits, args.method, budget=args.budget)
-        parse_pipeline(pipeline)                                 # bad names fail before any work
+        if args.pipeline:
+            parse_pipeline(args.pipeline)                        # bad names fail before any work
+        if args.print_pipeline:
+            return _print_pipeline(args, "quantize")
+        missing = [flag for flag, value in (("--calib PATH", args.calib), ("-o OUT.qir", args.output)) if not value]
+        if missing:
+            raise QpassError(f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} required: the "
+                             "calibration data (an .npz of input name -> samples, or a folder of .npy/.npz "
+                             "samples) and where to write the integer IR (or --print-pipeline to print the "
+                             "passes without running them)")
         for path in filter(None, [args.output, args.report]):
             _check_writable_file(path)
+        if args.dump_ir:
+            check_dump_dir(args.dump_ir)
         graph = load_model(args.model, args.input_shape)
         samples = load_calibration(args.calib, graph)
         ctx = PassContext([DumpIR(args.dump_ir)] if args.dump_ir else [], verify_each=True)
-        quantized = quantize(graph, samples, pipeline=pipeline, ctx=ctx, quiet=args.quiet)
+        quantized = quantize(graph, samples, bits, args.method, budget=args.budget, pipeline=args.pipeline, ctx=ctx,
+                             quiet=args.quiet)
         report = quantization_report(run_passes(graph.copy(), CANONICALIZE), quantized, samples[:16],
                                      ctx.analyses.float_ops, ctx.analyses.bitwidth)
         save(quantized, args.output)
@@ -168,31 +187,43 @@ def _compile(parser):
     parser.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     add_quantization_options(parser, calib_required=False)    # float models need --calib; its first sample
     # also checks and times the artifact
+    add_evaluation_options(parser)
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pass pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
     parser.add_argument("--dump-ir", metavar="DIR", help="write NN-<pass>.qir and .diff files after each change")
     parser.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
-    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the artifact directory")
+    parser.add_argument("-o", "--output", metavar="OUTDIR", help="the artifact directory (required unless "
+                        "--print-pipeline)")
     parser.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--print-pipeline", action="store_true",
+                        help="print the pass pipeline compile would run (for --pipeline) and exit without compiling")
 
     def run(args):
         import json
-        from qpass.compiler import check_and_time, compile
+        from qpass.compiler import check_and_time, check_output_dir, compile
+        from qpass.passmgr.instruments import check_dump_dir
         from qpass.passmgr.pipeline import parse_pipeline
         backend().resolve_target(args.target, args.mcpu, args.mattr, args.arch)     # bad targets fail before any work
         if args.pipeline:
             parse_pipeline(args.pipeline)
-        if Path(args.output).exists() and not args.force:
-            raise QpassError(f"{args.output} exists; pass --force to replace it, or choose another -o")
+        if args.print_pipeline:
+            return _print_pipeline(args, "compile")
+        if not args.output:
+            raise QpassError("-o OUTDIR is required: the directory to write the artifact into (or "
+                             "--print-pipeline to print the passes without compiling)")
+        check_output_dir(args.output, args.force)                  # before any work, as are the dump folder's
+        if args.dump_ir:
+            check_dump_dir(args.dump_ir)
         shapes = dict(parse_shape_arg(s) for s in args.input_shape or []) or None
         bits = int(args.bits) if args.bits.isdigit() else args.bits
         compiled = compile(args.model, args.target, args.calib, mcpu=args.mcpu, mattr=args.mattr, arch=args.arch,
                            bits=bits, method=args.method, budget=args.budget, pipeline=args.pipeline,
                            input_shapes=shapes, dump_ir=args.dump_ir, print_ir_after_all=args.print_ir_after_all,
-                           quiet=args.quiet or args.json)
+                           quiet=args.quiet or args.json, evaluation=evaluation_source(args),
+                           eval_limit=args.eval_limit)
         compiled.report["run"] = check_and_time(compiled, _first_sample(args.calib, compiled.graph))
         compiled.save(args.output, force=args.force)
         if args.json:
@@ -200,9 +231,30 @@ def _compile(parser):
         elif not args.quiet:
             from qpass.tools.report_html import format_compile_report
             print(format_compile_report(compiled.report))
+            if "accuracy" in compiled.report:
+                from qpass.quant.evaluation import format_accuracy
+                print(format_accuracy(compiled.report["accuracy"]))
             print(f"wrote {args.output}/ (model.so, model.qir, meta.json, report.json, report.html)")
         return 0
     return run
+
+
+def _print_pipeline(args, command_name: str) -> int:
+    """--print-pipeline: the pipeline `command_name` would run on this model with these options."""
+    from qpass.api import default_pipeline, model_kind
+    graph = load_model(args.model, args.input_shape)
+    kind = model_kind(graph)
+    bits = int(args.bits) if args.bits.isdigit() else args.bits
+    pipeline = args.pipeline or default_pipeline(kind, bits, args.method, args.budget)
+    if pipeline:
+        print(pipeline)
+    else:
+        print("# no passes: the input is integer IR already", file=sys.stderr)
+    if command_name == "compile":
+        print("# then the backend legalizes the integer IR for the target (not part of --pipeline)", file=sys.stderr)
+    if kind == "float" and not args.calib and not args.pipeline:
+        print("# this float model needs --calib PATH to run it", file=sys.stderr)
+    return 0
 
 
 def _first_sample(calib: Optional[str], graph) -> Optional[dict]:

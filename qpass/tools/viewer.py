@@ -474,6 +474,8 @@ def _view(parser):
         path, what, render = ((args.html, "the HTML page", graph_html) if args.html
                               else (args.svg, "the SVG picture", graph_svg))
         check_writable(path, what)                          # before any work
-        write_text_file(path, render(load_model(args.model, args.input_shape)), what)
+        graph = load_model(args.model, args.input_shape)
+        write_text_file(path, render(graph), what)
+        print(f"wrote {what} {path} ({len(graph.ops)} ops of graph @{graph.name})")
         return 0
     return run
