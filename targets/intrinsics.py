@@ -1,5 +1,5 @@
-"""qpass's tensor intrinsics: exact AVX2 s8 x s8, AVX-512 VNNI (for LLVM 22's vpdpbusd signature),
-ARM sdot and smmla, CUDA dp4a.
+"""qpass's tensor intrinsics: exact AVX2 s8 x s8, AVX-512 VNNI and AVX-VNNI (for LLVM 22's vpdpbusd
+signature), ARM sdot and smmla, CUDA dp4a.
 
 Every intrinsic computes C[i] += sum_k A[k] * B[i, k] in int32 (smmla: C[i, j] += A[i, k] * B[j, k])
 and is exact: no intermediate saturation for any operand the kernels hand it. The accumulator C is
@@ -19,6 +19,7 @@ AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
 SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
 DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
 VNNI_DOT_16x4 = "qpass_vnni_dot_16x4_u8s8s32"
+AVXVNNI_DOT_8x4 = "qpass_avxvnni_dot_8x4_u8s8s32"
 SDOT_4x4 = "qpass_sdot_4x4_s8s8s32"
 
 
@@ -49,6 +50,16 @@ def register_vnni():
     operands, which the LLVM inside the 0.27 wheels (v22) rejects: it takes <64 x i8> now.
     """
     _register_broadcast_dot(VNNI_DOT_16x4, 16, "uint8", "llvm.x86.avx512.vpdpbusd.512")
+
+
+@functools.cache
+def register_avxvnni():
+    """AVX-VNNI: C[8] += A[4] (u8, broadcast) . B[8, 4] (s8) with one VEX-encoded vpdpbusd ymm.
+
+    The 256-bit LLVM intrinsic is the AVX512VL one; on a target with +avxvnni and without AVX-512
+    (alderlake) LLVM encodes it with VEX (`{vex} vpdpbusd`), which needs only the avx_vnni CPU flag.
+    """
+    _register_broadcast_dot(AVXVNNI_DOT_8x4, 8, "uint8", "llvm.x86.avx512.vpdpbusd.256")
 
 
 def _register_broadcast_dot(name: str, lanes: int, a_dtype: str, llvm_intrinsic: str):

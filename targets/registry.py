@@ -19,8 +19,23 @@ from typing import Optional, Sequence
 from qpass.errors import QpassError
 from qpass.targets import microkernels, schedule
 
-X86_VNNI_CPUS = ("cascadelake", "icelake-server", "sapphirerapids")
-X86_CPUS = ("x86-64-v3", "haswell", "skylake", "znver2", "znver3") + X86_VNNI_CPUS
+_AVX2, _AVXVNNI, _VNNI = frozenset({"avx2"}), frozenset({"avx2", "avxvnni"}), frozenset({"avx2", "vnni", "avx512"})
+# Each --mcpu and the ISA features qpass's micro-kernels need from it (LLVM's CPU implies them; a
+# test checks the two agree). AVX-VNNI (VEX vpdpbusd ymm) without AVX-512: Alder Lake and later
+# client parts; both on Sapphire Rapids and Zen 5 (which take the AVX-512 VNNI kernel first).
+X86_CPU_FEATURES = {
+    "x86-64-v3": _AVX2, "haswell": _AVX2, "skylake": _AVX2, "znver2": _AVX2, "znver3": _AVX2,
+    "alderlake": _AVXVNNI, "raptorlake": _AVXVNNI, "meteorlake": _AVXVNNI, "arrowlake": _AVXVNNI,
+    "lunarlake": _AVXVNNI,
+    "cascadelake": _VNNI, "icelake-server": _VNNI, "znver4": _VNNI,
+    "sapphirerapids": _VNNI | _AVXVNNI, "znver5": _VNNI | _AVXVNNI,
+}
+X86_CPUS = tuple(X86_CPU_FEATURES)
+# --mcpu native: the first host /proc/cpuinfo flag present picks the micro-kernel; the mcpu is LLVM's
+# name for the host CPU when it is one of X86_CPUS with that micro-kernel, else this CPU.
+X86_NATIVE = (("avx512_vnni", "vnni", "cascadelake"), ("avx_vnni", "avxvnni", "alderlake"),
+              ("avx2", "avx2", "x86-64-v3"))
+X86_HOST_FLAGS = {"avx2": "avx2", "avxvnni": "avx_vnni", "vnni": "avx512_vnni"}   # feature: cpuinfo flag
 ARM_FEATURES = ("+neon", "+dotprod", "+i8mm")
 CUDA_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 QPASS_DTYPES = {"int8": "i8", "uint8": "u8"}
@@ -36,6 +51,7 @@ class TargetSpec:
     mattr: tuple[str, ...] = ()
     arch: Optional[str] = None
     features: frozenset = frozenset()
+    native: Optional[str] = None     # for --mcpu native: why mcpu is what it is (the host flag that chose it)
 
     @property
     def family_target(self) -> "Family":
@@ -59,7 +75,9 @@ class TargetSpec:
     def describe(self) -> str:
         """The target as command-line options: `aarch64-linux-gnu --mattr +neon,+dotprod`."""
         parts = [self.triple]
-        if self.mcpu:
+        if self.native:
+            parts.append(f"--mcpu native (= {self.mcpu}, {self.micro_kernel}: {self.native})")
+        elif self.mcpu:
             parts.append(f"--mcpu {self.mcpu}")
         if self.mattr:
             parts.append("--mattr " + ",".join(self.mattr))
@@ -140,20 +158,36 @@ class CpuFamily(Family):
 
 
 class X86(CpuFamily):
-    """x86-64 with AVX2, optionally AVX-512 VNNI (`--mcpu cascadelake` and newer)."""
+    """x86-64 with AVX2, optionally AVX-VNNI (`--mcpu alderlake`) or AVX-512 VNNI (`--mcpu cascadelake`),
+    or whatever this machine has (`--mcpu native`)."""
 
     name, triple = "x86", "x86_64-linux-gnu"
-    options = f"x86_64-linux-gnu [--mcpu {'|'.join(X86_CPUS)}]"
-    table_options = ({}, {"mcpu": "cascadelake"})
+    options = f"x86_64-linux-gnu [--mcpu native|{'|'.join(X86_CPUS)}]"
+    table_options = ({}, {"mcpu": "alderlake"}, {"mcpu": "cascadelake"}, {"mcpu": "native"})
 
     def resolve(self, mcpu, mattr, arch):
         if mattr or arch:
             raise QpassError(f"x86_64-linux-gnu takes --mcpu, not --mattr/--arch; {_known()}")
+        if mcpu == "native":
+            return self._resolve_native()
         mcpu = mcpu or "x86-64-v3"
         if mcpu not in X86_CPUS:
-            raise QpassError(f"unknown --mcpu {mcpu!r} for x86_64-linux-gnu; known: {', '.join(X86_CPUS)}")
-        features = {"avx2"} | ({"vnni", "avx512"} if mcpu in X86_VNNI_CPUS else set())
-        return TargetSpec(self.triple, self.name, mcpu=mcpu, features=frozenset(features))
+            raise QpassError(f"unknown --mcpu {mcpu!r} for x86_64-linux-gnu; known: native, {', '.join(X86_CPUS)}")
+        return TargetSpec(self.triple, self.name, mcpu=mcpu, features=X86_CPU_FEATURES[mcpu])
+
+    def _resolve_native(self) -> TargetSpec:
+        """The best micro-kernel the host's CPU flags allow, with an mcpu that builds code for it."""
+        flags = _cpu_flags()
+        choice = next(((flag, kernel, cpu) for flag, kernel, cpu in X86_NATIVE if flag in flags), None)
+        if choice is None or platform.machine() != "x86_64":
+            raise QpassError(f"--mcpu native: this machine ({platform.machine()}) is not an x86-64 CPU with avx2; "
+                             f"give a named --mcpu ({', '.join(X86_CPUS)})")
+        flag, kernel, mcpu = choice
+        host = _llvm_host_cpu()
+        if host in X86_CPU_FEATURES and microkernels.for_target(self.name, X86_CPU_FEATURES[host]).name == kernel:
+            mcpu = host
+        return TargetSpec(self.triple, self.name, mcpu=mcpu, features=X86_CPU_FEATURES[mcpu],
+                          native=f"host has {flag}" + (f"; LLVM's host CPU {host}" if host and host != mcpu else ""))
 
     def tvm_target(self, spec):
         import tvm
@@ -163,9 +197,8 @@ class X86(CpuFamily):
         host = platform.machine()
         if host != "x86_64":
             return False, f"this machine is {host}, not x86_64"
-        missing = {"avx2": "avx2", "vnni": "avx512_vnni"}
         flags = _cpu_flags()
-        lacking = [name for name, flag in missing.items() if name in spec.features and flag not in flags]
+        lacking = [flag for name, flag in X86_HOST_FLAGS.items() if name in spec.features and flag not in flags]
         if lacking:
             return False, f"this CPU lacks {', '.join(lacking)} (the artifact was built for {spec.mcpu})"
         return True, "host x86_64"
@@ -263,6 +296,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (X86(), Arm(), 
 
 
 def _cpu_flags() -> set[str]:
+    """This machine's CPU flags (/proc/cpuinfo); tests replace it to simulate another host."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -271,6 +305,15 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def _llvm_host_cpu() -> Optional[str]:
+    """LLVM's name for this machine's CPU (e.g. znver5, alderlake); None if TVM cannot tell."""
+    try:
+        from tvm.target import codegen
+        return str(codegen.llvm_get_system_cpu())
+    except Exception:                               # noqa: BLE001 - TVM without LLVM
+        return None
 
 
 def _known() -> str:
@@ -300,7 +343,10 @@ def target_table() -> list[dict]:
     rows = []
     for family in FAMILIES.values():
         for options in family.table_options:
-            spec = resolve_target(family.triple, **options)
+            try:
+                spec = resolve_target(family.triple, **options)
+            except QpassError:                      # --mcpu native on a host that has no x86 kernel
+                continue
             ok, why = spec.runnable_here()
             rows.append({"target": spec.describe(), "activations": spec.activation_dtype,
                          "micro_kernel": spec.micro_kernel, "features": sorted(spec.features),

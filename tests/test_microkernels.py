@@ -1,21 +1,27 @@
 """The micro-kernel table (targets.microkernels): its records agree with their TVM intrinsics, every
 target family gets the micro-kernel it had before the table, and conv_plan picks a layer's kernel
-(or plain loops) by the table's eligibility rules."""
+(or plain loops) by the table's eligibility rules. AVX-VNNI (a record added to the table) builds
+VEX vpdpbusd and is bit-exact; --mcpu native takes the best kernel the host's CPU flags allow."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 
+from qpass.errors import QpassError
 from qpass.ir.types import dtype_range
-from qpass.targets.build import legalize
+from qpass.targets import registry
+from qpass.targets.build import build, legalize
 from qpass.targets.kernels import conv_plan
 from qpass.targets.microkernels import MICRO_KERNELS
-from qpass.targets.registry import FAMILIES, CpuFamily, resolve_target
-from test_backends import conv_graph, dense_graph, quantized
+from qpass.targets.registry import FAMILIES, X86_CPU_FEATURES, CpuFamily, resolve_target
+from test_backends import assert_bit_exact, conv_graph, dense_graph, quantized
 
 AVX2 = resolve_target("x86_64-linux-gnu")
 VNNI = resolve_target("x86_64-linux-gnu", mcpu="cascadelake")
+AVXVNNI = resolve_target("x86_64-linux-gnu", mcpu="alderlake")
 NEON = resolve_target("aarch64-linux-gnu", mattr="+neon")
 SDOT = resolve_target("aarch64-linux-gnu", mattr="+neon,+dotprod")
 I8MM = resolve_target("aarch64-linux-gnu", mattr="+neon,+dotprod,+i8mm")
@@ -50,9 +56,9 @@ def test_records_are_consistent(name):
 
 
 @pytest.mark.parametrize("spec, micro, activations", [
-    (AVX2, "avx2", "i8"), (VNNI, "vnni", "u8"), (NEON, None, "i8"), (SDOT, "sdot", "i8"), (I8MM, "smmla", "i8"),
+    (AVX2, "avx2", "i8"), (VNNI, "vnni", "u8"), (AVXVNNI, "avxvnni", "u8"), (NEON, None, "i8"), (SDOT, "sdot", "i8"), (I8MM, "smmla", "i8"),
     (CUDA, "dp4a", "i8"),
-], ids=["avx2", "vnni", "neon", "sdot", "i8mm", "cuda"])
+], ids=["avx2", "vnni", "avxvnni", "neon", "sdot", "i8mm", "cuda"])
 def test_each_target_gets_its_micro_kernel(spec, micro, activations):
     assert spec.micro_kernel == micro and spec.activation_dtype == activations
 
@@ -115,3 +121,81 @@ def test_dotprod_cuda_and_plain_neon(even):
     assert _plan(even, CUDA).micro_kernel == "dp4a"
     plan = _plan(even, NEON)
     assert (plan.kind, plan.micro_kernel) == ("grouped", None)
+
+
+# LLVM's names for the features X86_CPU_FEATURES promises.
+LLVM_FEATURES = {"avx2": "avx2", "avxvnni": "avxvnni", "vnni": "avx512vnni", "avx512": "avx512f"}
+
+
+@pytest.mark.parametrize("mcpu", sorted(X86_CPU_FEATURES))
+def test_x86_cpus_have_the_features_llvm_gives_them(mcpu):
+    """Each --mcpu's features are exactly those of LLVM's CPU of that name that the kernels use."""
+    from tvm.target import codegen
+    llvm = {str(f) for f in codegen.llvm_get_cpu_features(resolve_target("x86_64-linux-gnu", mcpu=mcpu).tvm_target())}
+    assert X86_CPU_FEATURES[mcpu] == {ours for ours, theirs in LLVM_FEATURES.items() if theirs in llvm}
+
+
+def test_avx512_vnni_comes_before_avx_vnni():
+    both = resolve_target("x86_64-linux-gnu", mcpu="znver5")
+    assert {"vnni", "avxvnni"} <= both.features and both.micro_kernel == "vnni"
+    assert resolve_target("x86_64-linux-gnu", mcpu="znver4").micro_kernel == "vnni"      # no AVX-VNNI
+    assert resolve_target("x86_64-linux-gnu", mcpu="meteorlake").micro_kernel == "avxvnni"
+
+
+def test_avxvnni_packs_8x4_blocks_and_falls_back_to_avx2(even):
+    plan = _plan(even, AVXVNNI)
+    assert (plan.kind, plan.micro_kernel, plan.lanes, plan.reduction) == ("gemm", "avxvnni", 8, 4)
+    assert plan.weight.shape == (2, 3, 3, 2, 8, 4)      # 16 output channels: 2 blocks of 8
+    assert _plan(even, AVXVNNI, legal=False).micro_kernel == "avx2"
+    assert _plan(_with_weight_minus_128(even.copy()), AVXVNNI).micro_kernel == "avxvnni"
+
+
+def test_avxvnni_uses_vex_vpdpbusd_ymm_and_is_bit_exact_where_the_cpu_has_it():
+    """alderlake has AVX-VNNI and no AVX-512: vpdpbusd comes out VEX-encoded, on ymm, never zmm."""
+    conv = build(quantized(conv_graph(4, 16, 32, (8, 8), (3, 3))), AVXVNNI)
+    dense = build(quantized(dense_graph(5, 64, 32)), AVXVNNI)
+    assert {k["schedule"] for k in conv.kernels if k["op"] == "qconv2d"} == {"avxvnni"}
+    assert {k["schedule"] for k in dense.kernels if k["op"] == "qdense"} == {"avxvnni"}
+    for built in (conv, dense):
+        asm = built.executable.mod.imports[0].inspect_source("asm")
+        assert re.search(r"\{vex\}\s+vpdpbusd\s+[^\n]*%ymm", asm) and "%zmm" not in asm
+    ok, why = AVXVNNI.runnable_here()
+    assert ok == ("avx_vnni" in registry._cpu_flags()), why
+    if ok:
+        assert_bit_exact(conv)
+        assert_bit_exact(dense)
+
+
+HOSTS = {                      # simulated /proc/cpuinfo flags -> (micro-kernel, mcpu if LLVM's host CPU is unknown)
+    "avx512-vnni": ({"avx2", "avx512f", "avx512_vnni", "avx_vnni"}, "vnni", "cascadelake"),
+    "avx-vnni": ({"avx2", "avx_vnni"}, "avxvnni", "alderlake"),
+    "avx2": ({"avx2", "fma"}, "avx2", "x86-64-v3"),
+}
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_native_takes_the_best_kernel_the_host_flags_allow(monkeypatch, host):
+    flags, kernel, fallback_cpu = HOSTS[host]
+    monkeypatch.setattr(registry, "_cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(registry.platform, "machine", lambda: "x86_64")
+    for llvm_host, mcpu in (("mystery-cpu", fallback_cpu), ("znver5", "znver5" if kernel == "vnni" else fallback_cpu),
+                            ("arrowlake", "arrowlake" if kernel == "avxvnni" else fallback_cpu)):
+        monkeypatch.setattr(registry, "_llvm_host_cpu", lambda: llvm_host)
+        spec = resolve_target("x86_64-linux-gnu", mcpu="native")
+        assert (spec.micro_kernel, spec.mcpu) == (kernel, mcpu), llvm_host
+        assert spec.runnable_here()[0]
+        assert f"--mcpu native (= {mcpu}, {kernel}: host has " in spec.describe()
+
+
+def test_native_on_this_host():
+    spec = resolve_target("x86_64-linux-gnu", mcpu="native")
+    flags = registry._cpu_flags()
+    want = "vnni" if "avx512_vnni" in flags else "avxvnni" if "avx_vnni" in flags else "avx2"
+    assert spec.micro_kernel == want and spec.runnable_here()[0] and spec.mcpu in X86_CPU_FEATURES
+    assert spec.describe().startswith(f"x86_64-linux-gnu --mcpu native (= {spec.mcpu}, {want}: host has ")
+
+
+def test_native_needs_an_x86_host_with_avx2(monkeypatch):
+    monkeypatch.setattr(registry, "_cpu_flags", lambda: {"sse2"})
+    with pytest.raises(QpassError, match="--mcpu native"):
+        resolve_target("x86_64-linux-gnu", mcpu="native")
