@@ -23,7 +23,9 @@ instruction sequence with 10-12 independent accumulators, no loads, best of many
                per vpmaddwd; with its vpaddd, two uops on the three vector ALU ports: 48 OP/cycle.
     vnni512    vpdpbusd zmm: 64 MACs per instruction, two per cycle on parts with two 512-bit FMA
                ports (p0 + p5): 256 OP/cycle.
-    vnni256    vpdpbusd ymm, for reference: 128 OP/cycle.
+    vnni256    vpdpbusd ymm (EVEX), for reference: 128 OP/cycle.
+    avxvnni    {vex} vpdpbusd ymm, AVX-VNNI (Alder Lake and later, Zen 5): 128 OP/cycle; the peak of
+               qpass's avxvnni kernels (--mcpu alderlake).
 
 A dependent chain of register adds (1 cycle each; reg-reg, since Golden Cove folds add-immediate
 chains at rename) measures the clock the cores actually run at; /proc/cpuinfo's "cpu MHz" (lscpu
@@ -84,6 +86,7 @@ static double now(void) {
 #define MADD16(acc) "vpmaddwd %%ymm13, %%ymm12, %%ymm15\n vpaddd %%ymm15, " acc ", " acc "\n"
 #define DOTZ(acc) "vpdpbusd %%zmm13, %%zmm12, " acc "\n"
 #define DOTY(acc) "vpdpbusd %%ymm13, %%ymm12, " acc "\n"
+#define DOTV(acc) "{vex} vpdpbusd %%ymm13, %%ymm12, " acc "\n"
 #define Y10(G) G("%%ymm0") G("%%ymm1") G("%%ymm2") G("%%ymm3") G("%%ymm4") G("%%ymm5") G("%%ymm6") \
                G("%%ymm7") G("%%ymm8") G("%%ymm9")
 #define X12(G, r) G("%%" r "0") G("%%" r "1") G("%%" r "2") G("%%" r "3") G("%%" r "4") G("%%" r "5") \
@@ -112,6 +115,10 @@ static double loop(const char *mode, long n) {
         for (long i = 0; i < n; i++) __asm__ volatile(X12(DOTZ, "zmm") ::: "memory");
         return 12 * 64;
     }
+    if (!strcmp(mode, "avxvnni")) {         /* AVX-VNNI: the VEX encoding (Alder Lake, Zen 5) */
+        for (long i = 0; i < n; i++) __asm__ volatile(X12(DOTV, "ymm") ::: "memory");
+        return 12 * 32;
+    }
     for (long i = 0; i < n; i++) __asm__ volatile(X12(DOTY, "ymm") ::: "memory");
     return 12 * 32;
 }
@@ -137,9 +144,10 @@ PEAK_LOOPS = {            # name: (what it runs, CPU flag it needs, OP per cycle
     "avx2-sign": ("vpabsb + vpsignb + vpmaddubsw + vpmaddwd + vpaddd, ymm (qpass's AVX2 sequence)", "avx2", 32),
     "avx2-s16": ("vpmaddwd + vpaddd, ymm, on int16-widened operands (exact, no sign trick)", "avx2", 48),
     "vnni512": ("vpdpbusd zmm", "avx512_vnni", 256),
-    "vnni256": ("vpdpbusd ymm", "avx512_vnni", 128),
+    "vnni256": ("vpdpbusd ymm (EVEX)", "avx512_vnni", 128),
+    "avxvnni": ("{vex} vpdpbusd ymm (AVX-VNNI)", "avx_vnni", 128),
 }
-PEAK_OF_MICRO_KERNEL = {"avx2": "avx2", "vnni": "vnni512"}
+PEAK_OF_MICRO_KERNEL = {"avx2": "avx2", "vnni": "vnni512", "avxvnni": "avxvnni"}
 AMX_OP_PER_CYCLE = 2048   # tdpbusd: 16x16x64 MACs per 16 cycles
 
 
@@ -411,7 +419,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)            # before tvm is first imported
     cpu = cpu_description()
-    args.mcpu = args.mcpu or ["x86-64-v3"] + (["cascadelake"] if "avx512_vnni" in cpu["flags"] else [])
+    args.mcpu = args.mcpu or (["x86-64-v3"] + (["alderlake"] if "avx_vnni" in cpu["flags"] else [])
+                              + (["cascadelake"] if "avx512_vnni" in cpu["flags"] else []))
     with tempfile.TemporaryDirectory(prefix="qpass-kernels-") as tmp:
         peaks = measure_peaks(cpu, args.threads, Path(tmp))
         print(peak_table(cpu, peaks, args.threads) + "\n", flush=True)
