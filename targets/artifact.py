@@ -43,14 +43,23 @@ def aarch64_runtime() -> Path:
     if all((folder / name).exists() for name in AARCH64_RUNTIME) and (folder / "include").is_dir():
         return folder
     import zipfile
+    from qpass.targets.build import progress
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["python3", "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
-               "manylinux_2_28_aarch64", "--python-version", "3.11", "-d", tmp, *TVM_PINS]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise QpassError("cannot fetch the aarch64 TVM runtime (pip download of the apache-tvm and "
-                             f"apache-tvm-ffi aarch64 wheels failed: {result.stderr.strip()[-300:]}); check network "
-                             f"access to PyPI or put {', '.join(AARCH64_RUNTIME)} and tvm_ffi's include/ in {folder}")
+        bar = progress(len(TVM_PINS), "aarch64 runtime (first run only)")
+        try:
+            for pin in TVM_PINS:                       # one wheel at a time, so the bar moves
+                bar.set_description_str(f"downloading {pin} for aarch64 (first run only)")
+                cmd = ["python3", "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                       "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "-d", tmp, pin]
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise QpassError("cannot fetch the aarch64 TVM runtime (pip download of the apache-tvm and "
+                                     f"apache-tvm-ffi aarch64 wheels failed: {result.stderr.strip()[-300:]}); check "
+                                     f"network access to PyPI or put {', '.join(AARCH64_RUNTIME)} and tvm_ffi's "
+                                     f"include/ in {folder}")
+                bar.update()
+        finally:
+            bar.close()
         staging = Path(tempfile.mkdtemp(dir=cache_dir() if cache_dir().exists() else None))
         for wheel in Path(tmp).glob("*.whl"):
             with zipfile.ZipFile(wheel) as z:
@@ -120,7 +129,7 @@ def write_artifact(built, outdir, report: dict, force: bool = False) -> Path:
         atomic_write(staging / "meta.json", json.dumps(meta, indent=2).encode())
         atomic_write(staging / "report.json", json.dumps(report, indent=2, default=_jsonable).encode())
         from qpass.tools.report_html import render_report_html
-        atomic_write(staging / "report.html", render_report_html(report).encode())
+        atomic_write(staging / "report.html", render_report_html(report, built.graph).encode())
         if outdir.exists():
             shutil.rmtree(outdir)
         staging.rename(outdir)

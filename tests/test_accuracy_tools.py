@@ -352,6 +352,69 @@ def test_debug_without_layers_is_a_clear_error():
         debug_model(g, samples_for(g, 2))
 
 
+def bias_less_net() -> Graph:
+    """conv (no bias) -> relu -> conv (no bias) -> dense (no bias): correct-bias gives the fake-quant
+    layers a bias that the float layers do not have (PP-OCR's cls model crashed `qpass debug` so)."""
+    rng = np.random.default_rng(2)
+    g = Graph("bias_less")
+    v = g.add_input("x", TensorType((1, 3, 8, 8), "f32"))
+    for i, cin in enumerate((3, 4)):
+        w = g.add_constant(rng.standard_normal((4, cin, 3, 3)).astype(np.float32) * 0.3, f"w{i}")
+        v = g.add_op("relu", [g.add_op("conv2d", [v, w], CONV, names=[f"conv{i}"]).output], names=[f"relu{i}"]).output
+    v = g.add_op("reshape", [g.add_op("reduce_mean", [v], {"axes": [2, 3], "keepdims": True}, names=["pool"]).output],
+                 {"shape": [1, 4]}, names=["flatten"]).output
+    g.set_outputs([g.add_op("dense", [v, g.add_constant(rng.standard_normal((3, 4)).astype(np.float32), "w2")],
+                            names=["logits"]).output])
+    return g.verify()
+
+
+@pytest.mark.parametrize("bits", [8, "mixed"])
+def test_debug_layers_without_bias(bits):
+    g = bias_less_net()
+    report = debug_model(g, samples_for(g, 6), bits=bits, samples=3)
+    assert [layer["name"] for layer in report["layers"]] == ["conv0", "conv1", "logits"]
+    assert all(layer["sensitivity_db"] is not None and layer["weight_sensitivity_db"] is not None
+               for layer in report["layers"])
+
+
+def whole_model_sensitivities(graph: Graph, calibration, bits, samples: int) -> dict:
+    """What the debugger reports, measured the slow way: each what-if model run whole on every sample."""
+    from qpass.quant.report import sqnr_db
+    from qpass.tools import debug
+    from qpass.quant import is_float_layer, quantized_weight
+    passes = qpass.passmgr.pipeline.parse_pipeline(qpass.quantization_pipeline(bits))
+    names = [p.name for p in passes]
+    with PassContext(calibration=calibration, quiet=True) as ctx:
+        reference = run_passes(graph.copy(), passes[:names.index("range-analysis")], ctx)
+        fake = run_passes(reference.copy(), passes[names.index("range-analysis"):names.index("fold-fake-quant")], ctx)
+
+    def outputs(g):
+        return np.concatenate([np.concatenate([a.reshape(-1) for a in interpret(g, s).values()])
+                               for s in calibration[:samples]])
+    float_out = outputs(reference)
+    found = {}
+    for op in fake.ops:
+        if is_float_layer(op) and quantized_weight(fake, op) is not None:
+            for activation, key in ((True, "sensitivity_db"), (False, "weight_sensitivity_db")):
+                what_if, _ = debug._with_layer_quantized(reference, fake, op, activation)
+                found[debug._float_name(op.name), key] = debug._finite(sqnr_db(float_out, outputs(what_if)))
+    return found
+
+
+@pytest.mark.parametrize("net, bits", [(net_with_a_bad_layer, 8), (net_with_a_bad_layer, "mixed"),
+                                       (bias_less_net, 4), (unbalanced_net, 8)])
+def test_debug_what_ifs_equal_whole_model_runs(net, bits):
+    """The debugger runs each what-if from its layer on the float model's values: bit for bit what a
+    whole-model run gives, so the report is the one it was before that speed-up."""
+    g = net()
+    calibration = samples_for(g, 6)
+    report = debug_model(g, calibration, bits=bits, samples=3)
+    slow = whole_model_sensitivities(g, calibration, bits, 3)
+    fast = {(layer["name"], key): layer[key] for layer in report["layers"]
+            for key in ("sensitivity_db", "weight_sensitivity_db")}
+    assert fast == slow
+
+
 def test_bar_chart_svg_is_valid_and_escapes_labels():
     svg = bar_chart_svg(["conv<1>", "a" * 80, "dense&co"], {"weights": [30.0, float("inf"), -4.0],
                                                              "activations": [20.0, 12.5, float("nan")]},

@@ -171,4 +171,33 @@ def test_compile_report_renders(tmp_path):
     rows = re.findall(r"<tr><td>([^<]+\.q)</td><td>(qconv2d|qdense)</td>", dom)  # the layer table
     assert len(rows) == 5, rows                                      # 4 convolutions and the classifier
     assert dom.count("<rect") >= 5                                   # a bar per layer
-    assert_drawn(image)
+    # the summary card, the graph picture of the integer IR, and links to the artifact's files
+    assert '<section class="card summary" id="summary"><h1>digits_cnn</h1>' in dom
+    assert "Agreement with float" in dom and "Weights" in dom and "bit-exact" not in dom  # not run here
+    assert len(re.findall(r'<g class="node" id="n\d+"', dom)) == len(compiled.graph.ops)
+    assert '<a href="model.qir">model.qir</a>' in dom and (out / "model.qir").is_file()
+    assert "http://" not in (out / "report.html").read_text().replace("http://www.w3.org/2000/svg", "")
+    assert_drawn(image, "#37b24d", "#1b2a3a")                        # the int8 bars and the header
+
+
+@needs_chromium
+def test_compile_report_groups_float_ops_and_outputs(tmp_path):
+    """A report with ops left in float and two outputs: the groups and the per-output table render."""
+    from test_report import compile_report, paddle_like_net, samples as random_samples
+    from qpass.quant.report import float_op_groups
+    from qpass.tools.report_html import render_report_html
+    graph = paddle_like_net()
+    ctx = PassContext()
+    integer = qpass.quantize(graph, random_samples(graph, 4), ctx=ctx, quiet=True)
+    groups = float_op_groups(ctx.analyses.float_ops, integer)
+    summary = {"output": "probs", "samples": 4, "output_sqnr_db": 30.0, "top1_agreement": 1.0,
+               "outputs": [{"name": "boxes", "sqnr_db": 30.0, "float_range": [0.0, 320.0]},
+                           {"name": "scores", "sqnr_db": 12.5, "float_range": [0.0, 1.0]}]}
+    page = tmp_path / "report.html"
+    page.write_text(render_report_html(compile_report(float_op_groups=groups,
+                                                      quantization={"summary": summary, "layers": []}), integer))
+    dom, image = render(page, tmp_path)
+    assert dom.count('<span class="count">') == len(groups) and "What would fold them:" in dom
+    assert "<td>scores</td><td>12.5 dB</td>" in dom
+    assert "bit-exact" in dom and "0.25 ms" in dom
+    assert_drawn(image, "#1b2a3a", COLOURS["i8"])                   # the header, int8 ops of the graph

@@ -25,7 +25,7 @@ from qpass.ir.graph import Graph, Op, Value
 from qpass.ir.types import TensorType, dtype_bits
 from qpass.passmgr.manager import PassContext, run_passes
 from qpass.passmgr.pipeline import parse_pipeline
-from qpass.quant import is_float_layer, quantized_weight
+from qpass.quant import is_float_layer, quantized_weight, set_bias
 from qpass.quant.calibration import Samples, load_calibration
 from qpass.quant.report import sqnr_db
 
@@ -79,14 +79,17 @@ def _channel_range_ratio(weight: np.ndarray, groups: int, per_tensor: bool) -> f
     return float(ranges.max() / median) if median > 0 else float("inf")
 
 
-def _with_layer_quantized(reference: Graph, fake: Graph, op: Op, activation: bool) -> Graph:
+def _with_layer_quantized(reference: Graph, fake: Graph, op: Op, activation: bool) -> tuple[Graph, list[Value]]:
     """The float model with only `op`'s weight and bias (and output activation when `activation`)
-    as in the fake-quant model."""
+    as in the fake-quant model, and the constants that differ from the float model's."""
     graph = reference.copy()
     target = graph.producer(graph.value(_float_name(op.output.name)))
-    graph.set_input(target, 1, graph.add_constant(constant_value(fake, op.inputs[1]), op.inputs[1].name + ".dq"))
-    if len(op.inputs) == 3:
-        graph.set_input(target, 2, graph.add_constant(op.inputs[2].data, op.inputs[2].name))
+    weight = graph.add_constant(constant_value(fake, op.inputs[1]), op.inputs[1].name + ".dq")
+    graph.set_input(target, 1, weight)
+    changed = [weight]
+    if len(op.inputs) == 3:       # quantize or correct-bias may have given a bias-less layer a bias
+        set_bias(graph, target, constant_value(fake, op.inputs[2]), op.inputs[2].name)
+        changed.append(graph.producer(graph.value(_float_name(op.output.name))).inputs[2])
     quantize = _fake_quant(fake, _layer_output(fake, op)) if activation else None
     if quantize is not None:
         value = graph.value(_float_name(quantize.inputs[0].name))
@@ -96,28 +99,35 @@ def _with_layer_quantized(reference: Graph, fake: Graph, op: Op, activation: boo
         dq = graph.add_op("dequantize", [q.output], names=[value.name + ".dq"], before=users[0] if users else None)
         graph.replace_all_uses(value, dq.output, exclude=q)
     graph.remove_dead()
-    return graph
+    return graph, changed
 
 
-def _outputs(graph: Graph, samples: list[dict]) -> np.ndarray:
-    return np.concatenate([np.concatenate([a.reshape(-1) for a in interpret(graph, s).values()]) for s in samples])
+def _float_values(reference: Graph, sample: dict) -> dict[str, np.ndarray]:
+    """Every value of the float model on `sample`, by name (inputs, constants and op results)."""
+    values = {v.name: np.asarray(sample[v.name]).astype(v.type.numpy_dtype, copy=False) for v in reference.inputs}
+    values.update((v.name, v.data) for v in reference.constants())
+    interpret(reference, sample, observe=lambda v, a: values.__setitem__(v.name, a))
+    return values
 
 
-def _activation_sqnrs(reference: Graph, fake: Graph, pairs: dict[str, tuple[str, str]],
-                      samples: list[dict]) -> dict[str, float]:
-    """SQNR of each fake-quantized value against the float value it stands for, over `samples`
-    (key -> (float value name, quantized value name)); one sample's values in memory at a time."""
-    signal, noise = dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0.0)
-    for sample in samples:
-        values = {}
-        interpret(reference, sample, observe=lambda v, a: values.__setitem__(("f", v.name), a))
-        interpret(fake, sample, observe=lambda v, a: values.__setitem__(("q", v.name), a))
-        for key, (float_name, quant_name) in pairs.items():
-            ref = values[("f", float_name)].astype(np.float64)
-            signal[key] += float(np.sum(ref ** 2))
-            noise[key] += float(np.sum((ref - values[("q", quant_name)]) ** 2))
-    return {key: (float("inf") if noise[key] == 0 else 10 * math.log10(signal[key] / noise[key])
-                  if signal[key] > 0 else float("-inf")) for key in pairs}
+def _run_from_change(graph: Graph, changed: list[Value], values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The outputs of `graph`, a copy of the float model with `changed` constants and new ops, given
+    the float model's `values` on one sample: only the ops downstream of a change run (through the
+    interpreter's kernels, so the results equal a whole-model run bit for bit)."""
+    dirty = {id(v): v.data for v in changed}
+    for op in graph.ops:
+        if any(id(v) in dirty for v in op.inputs) or any(v.name not in values for v in op.outputs):
+            arrays = [dirty[id(v)] if id(v) in dirty else values[v.name] for v in op.inputs]
+            dirty.update((id(v), a) for v, a in zip(op.outputs, run_op(op, arrays)))
+    return [dirty[id(v)] if id(v) in dirty else values[v.name] for v in graph.outputs]
+
+
+def _flat(arrays) -> np.ndarray:
+    return np.concatenate([a.reshape(-1) for a in arrays])
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else 10 * math.log10(signal / noise) if signal > 0 else float("-inf")
 
 
 def _finite(value: float) -> Optional[float]:
@@ -154,15 +164,40 @@ def debug_model(graph: Graph, calibration: Samples, bits: Union[int, str] = 8, m
         quantize = _fake_quant(fake, _layer_output(fake, op))
         if quantize is not None:
             watched[op.name] = (_float_name(quantize.inputs[0].name), fake.users(quantize.output)[0].output.name)
-    activation = _activation_sqnrs(reference, fake, watched, measured)
-    float_out = _outputs(reference, measured)
-    report_layers = [_layer_figures(reference, fake, op, activation.get(op.name), float_out, measured)
-                     for op in layers]
+    # One float run per sample gives every value the what-ifs start from; each what-if then runs
+    # only the ops after its layer.
+    what_ifs = {(op.name, act): _with_layer_quantized(reference, fake, op, act) for op in layers for act in (True, False)}
+    watched_names = {quant_name for _, quant_name in watched.values()}
+    signal, noise = dict.fromkeys(watched, 0.0), dict.fromkeys(watched, 0.0)
+    float_parts, fake_parts = [], []
+    what_if_parts: dict[tuple, list] = {key: [] for key in what_ifs}
+    for sample in measured:
+        values = _float_values(reference, sample)
+        quantized: dict[str, np.ndarray] = {}
+
+        def keep(value, array, names=watched_names, store=quantized):
+            if value.name in names:
+                store[value.name] = array
+        fake_out = interpret(fake, sample, observe=keep)
+        for key, (float_name, quant_name) in watched.items():
+            ref = values[float_name].astype(np.float64)
+            signal[key] += float(np.sum(ref ** 2))
+            noise[key] += float(np.sum((ref - quantized[quant_name]) ** 2))
+        float_parts.append(_flat(values[v.name] for v in reference.outputs))
+        fake_parts.append(_flat(fake_out.values()))
+        for key, (graph_, changed) in what_ifs.items():
+            what_if_parts[key].append(_flat(_run_from_change(graph_, changed, values)))
+        del values, quantized
+    activation = {key: _sqnr(signal[key], noise[key]) for key in watched}
+    float_out = np.concatenate(float_parts)
+    alone = {key: _finite(sqnr_db(float_out, np.concatenate(parts))) for key, parts in what_if_parts.items()}
+    report_layers = [_layer_figures(reference, fake, op, activation.get(op.name), alone[op.name, True],
+                                    alone[op.name, False]) for op in layers]
     worst = sorted(report_layers, key=lambda layer: _sort_key(layer["sensitivity_db"]))[:WORST]
     return {
         "model": graph.name, "bits": bits, "pipeline": ",".join(str(p) for p in passes[:end]),
         "samples": len(measured),
-        "summary": {"output_sqnr_db": _finite(sqnr_db(float_out, _outputs(fake, measured)))},
+        "summary": {"output_sqnr_db": _finite(sqnr_db(float_out, np.concatenate(fake_parts)))},
         "layers": report_layers, "worst": [layer["name"] for layer in worst],
         "suggestions": suggestions(report_layers, worst),
     }
@@ -172,22 +207,19 @@ def _sort_key(value: Optional[float]) -> float:
     return float("inf") if value is None else value
 
 
-def _layer_figures(reference: Graph, fake: Graph, op: Op, activation: Optional[float], float_out: np.ndarray,
-                   samples: list[dict]) -> dict:
-    """One layer's entry of the report (`activation`: its output's SQNR in the fake-quant model)."""
+def _layer_figures(reference: Graph, fake: Graph, op: Op, activation: Optional[float],
+                   sensitivity: Optional[float], weight_sensitivity: Optional[float]) -> dict:
+    """One layer's entry of the report (`activation`: its output's SQNR in the fake-quant model;
+    the sensitivities: the model output's SQNR with the layer alone quantized, and its weights alone)."""
     weight_type: TensorType = quantized_weight(fake, op).type
     float_weight = reference.producer(reference.value(_float_name(op.output.name))).inputs[1].data
-
-    def alone(with_activation: bool) -> Optional[float]:
-        quantized = _with_layer_quantized(reference, fake, op, with_activation)
-        return _finite(sqnr_db(float_out, _outputs(quantized, samples)))
     return {
         "name": _float_name(op.name), "op": op.kind,
         "bits": weight_type.quant.bits or dtype_bits(weight_type.dtype),
         "granularity": weight_type.quant.granularity,
         "weight_sqnr_db": _finite(sqnr_db(float_weight, constant_value(fake, op.inputs[1]))),
         "activation_sqnr_db": _finite(activation) if activation is not None else None,
-        "sensitivity_db": alone(True), "weight_sensitivity_db": alone(False),
+        "sensitivity_db": sensitivity, "weight_sensitivity_db": weight_sensitivity,
         "channel_range_ratio": _finite(_channel_range_ratio(
             float_weight, op.attrs.get("groups", 1), weight_type.quant.granularity == "per-tensor")),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from typing import Optional
 
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 LABEL_CHARS = 40            # longer labels keep their end (the specific part of a dotted name); the
@@ -40,8 +41,10 @@ def _number(value: float) -> str:
     return f"{value:.6g}"
 
 
-def bar_chart_svg(labels: list[str], series: dict[str, list[float]], title: str, y_label: str) -> str:
-    """Grouped bars: one group per label, one bar per series (in the order given), with a legend.
+def bar_chart_svg(labels: list[str], series: dict[str, list[float]], title: str, y_label: str,
+                  colours: Optional[dict[str, str]] = None) -> str:
+    """Grouped bars: one group per label, one bar per series (in the order given), with a legend;
+    `colours` (series name -> colour) overrides the palette.
 
     Labels under the axis are rotated and, when long, shortened to their end (the bar's tooltip
     has the full label and value). Values that are not finite (inf, NaN) draw no bar.
@@ -59,6 +62,7 @@ def bar_chart_svg(labels: list[str], series: dict[str, list[float]], title: str,
     width = max(width, 360.0)
     height = top + plot_h + bottom + legend_h + 16
     low, high, step = _axis([v for values in series.values() for v in values])
+    fill = [(colours or {}).get(name, PALETTE[k % len(PALETTE)]) for k, name in enumerate(series)]
 
     def y(value: float) -> float:
         return top + plot_h * (high - value) / (high - low)
@@ -87,7 +91,7 @@ def bar_chart_svg(labels: list[str], series: dict[str, list[float]], title: str,
                 continue
             y_top, y_bottom = sorted((y(value), y(0.0)))
             out.append(f'<rect x="{_number(x0 + k * bar)}" y="{_number(y_top)}" width="{_number(bar)}" '
-                       f'height="{_number(max(y_bottom - y_top, 0.5))}" fill="{PALETTE[k % len(PALETTE)]}">'
+                       f'height="{_number(max(y_bottom - y_top, 0.5))}" fill="{fill[k]}">'
                        f"<title>{escape(label)}: {escape(name)} {_number(value)}</title></rect>")
         anchor_x, anchor_y = x0 + (group - 6) / 2 + 4, top + plot_h + 10
         out.append(f'<text transform="translate({_number(anchor_x)} {_number(anchor_y)}) rotate(-60)" '
@@ -95,8 +99,7 @@ def bar_chart_svg(labels: list[str], series: dict[str, list[float]], title: str,
     legend_y = top + plot_h + bottom + 8
     for k, name in enumerate(series):
         row = legend_y + 18 * k
-        out.append(f'<rect x="{_number(left)}" y="{_number(row)}" width="12" height="12" '
-                   f'fill="{PALETTE[k % len(PALETTE)]}"/>')
+        out.append(f'<rect x="{_number(left)}" y="{_number(row)}" width="12" height="12" fill="{fill[k]}"/>')
         out.append(f'<text x="{_number(left + 18)}" y="{_number(row + 10)}" {FONT}>{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
