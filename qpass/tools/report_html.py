@@ -40,6 +40,8 @@ def summary_lines(report: dict) -> list[str]:
     if size["float_weight_bytes"]:
         lines.append(f"weights: {_kb(size['float_weight_bytes'])} float -> {_kb(size['weight_bytes'])} "
                      f"({size['weight_bytes'] / size['float_weight_bytes']:.1%})")
+    else:
+        lines.append(f"weights: {_kb(size['weight_bytes'])} (integer IR input: no float model to compare with)")
     q = report.get("quantization", {}).get("summary")
     if q:
         lines.append(f"vs float on {q['samples']} calibration samples: output SQNR {q['output_sqnr_db']} dB, "
@@ -47,7 +49,9 @@ def summary_lines(report: dict) -> list[str]:
         lines += [f"  {line}" for line in output_lines(q)]
     run = report.get("run", {})
     if run.get("runs_here"):
-        if "matches_interpreter" in run:
+        if "comparison" in run:
+            lines.append(f"ran here ({run['how']}): {run['comparison']}")
+        elif "matches_interpreter" in run:
             lines.append(f"ran here ({run['how']}): {'bit-exact with' if run['matches_interpreter'] else 'DIFFERS from'}"
                          f" the reference interpreter")
         if "latency" in run:
