@@ -78,7 +78,7 @@ def run_passes(graph: Graph, pipeline: Union[str, Sequence[Pass]],
     for index, p in enumerate(passes, start=1):
         for inst in ctx.instruments:
             inst.run_before_pass(index, p, graph)
-        start = time.perf_counter()
+        start, revision = time.perf_counter(), graph.revision
         try:
             result = p.run(graph, ctx)
         except QpassError as e:
@@ -92,9 +92,12 @@ def run_passes(graph: Graph, pipeline: Union[str, Sequence[Pass]],
         if not isinstance(result, PassResult):
             raise PassError(f"pass '{p.name}' returned {type(result).__name__}; it must return "
                             "PassResult(graph, changed)")
+        # Whether the IR changed is the graph's own record, not only the pass's word: a pass that
+        # edits the graph it was given and says it did not cannot hide the edit from instruments.
+        changed = result.changed or (result.graph is graph and graph.revision != revision)
         graph = result.graph
         for inst in ctx.instruments:
-            inst.run_after_pass(index, p, graph, result.changed, seconds)
+            inst.run_after_pass(index, p, graph, changed, seconds)
     for inst in ctx.instruments:
         inst.run_after_pipeline(graph)
     return graph
