@@ -41,7 +41,8 @@ class Layer:
 
     @contextlib.contextmanager
     def as_type(self, new: TensorType):
-        """Temporarily give the weight another quantized type (for measuring)."""
+        """Temporarily give the weight another quantized type (for measuring; restored on exit, so
+        the graph is the same afterwards and its revision does not count it)."""
         old_type, old_data = self.value.type, self.value.data
         self.value.type = new
         if self.quantize is None:
@@ -53,7 +54,7 @@ class Layer:
 
     def commit(self, graph, new: TensorType) -> None:
         if self.quantize is not None:
-            self.value.type = new
+            graph.retype(self.value, new)
         else:
             data = quantize_array(self.float_weight, new.quant, new.dtype)
             const = graph.add_constant(data, self.value.name + ".i4", dtype=new.dtype, quant=new.quant)

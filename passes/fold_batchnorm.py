@@ -36,7 +36,6 @@ class FoldBatchNorm(Pass):
             b = graph.add_constant(bias, conv.output.name + ".bias", dtype=dtype)
             fused = graph.add_op("conv2d", [conv.inputs[0], w, b], conv.attrs, names=[conv.output.name + ".bn"],
                                  before=conv)
-            fused.meta["from"] = [conv.name, bn.name]
             graph.replace_op(bn, fused, rename=False)
             graph.remove_op(conv)
         changed = graph.revision != start
