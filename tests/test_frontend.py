@@ -531,3 +531,37 @@ def test_graph_input_passed_to_two_outputs_keeps_both_names():
     feeds = {"x": np.arange(-2, 2, dtype=np.float32).reshape(1, 4)}
     assert list(interpret(graph, feeds)) == ["a", "b", "c"]
     assert_matches_onnxruntime(graph, model, feeds, tolerance=0)
+
+
+# =========================================================================== opsets after 21
+def newest_opset_model(**dequantize_attrs):
+    """Conv -> Relu -> QuantizeLinear -> DequantizeLinear -> Cast -> Reshape at the newest opset."""
+    rng = np.random.default_rng(0)
+    nodes = [node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), node("Relu", "c", "r"),
+             node("QuantizeLinear", ["r", "s", "z"], "q"),
+             node("DequantizeLinear", ["q", "s", "z"], "d", **dequantize_attrs),
+             node("Cast", "d", "f", to=TensorProto.FLOAT), node("Reshape", ["f", "shape"], "y")]
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "s": np.float32(0.05),
+             "z": np.uint8(3), "shape": np.array([1, -1], np.int64)}
+    return make_model(nodes, {"x": [1, 3, 6, 6]}, opset=onnx.defs.onnx_opset_version(), initializers=inits)
+
+
+def test_models_at_the_newest_opset_import_and_match_the_reference():
+    model = newest_opset_model()
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    got = interpret(import_onnx(model), {"x": x})["y"]
+    from onnx.reference import ReferenceEvaluator
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_newest_opset_attributes_qpass_cannot_honour_are_refused_by_name():
+    with pytest.raises(FrontendError, match="output_dtype BFLOAT16 is not supported"):
+        import_onnx(newest_opset_model(output_dtype=TensorProto.BFLOAT16))
+
+
+def test_an_opset_newer_than_onnx_knows_is_refused():
+    model = newest_opset_model()
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(FrontendError, match=f"qpass imports opsets 9 to {onnx.defs.onnx_opset_version()}"):
+        import_onnx(model)

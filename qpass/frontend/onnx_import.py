@@ -24,7 +24,11 @@ from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, ele
                                       node_label, sanitize_name)
 from qpass.ir import Graph, QuantParams, TensorType, Value
 
-SUPPORTED_OPSETS = range(9, 22)
+# Opset 9 up to the newest the installed onnx package defines. Between 21 and 28 the ops qpass
+# converts changed only in the element types they admit (bfloat16, float8, int4, ...: refused where
+# the IR has no such dtype), except Cast (round_mode), QuantizeLinear (precision) and
+# DequantizeLinear (output_dtype), whose converters check those attributes.
+SUPPORTED_OPSETS = range(9, onnx.defs.onnx_opset_version() + 1)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -86,7 +90,7 @@ def _opset(proto: onnx.ModelProto, source: str) -> int:
     versions = [o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise FrontendError(f"{source} declares no opset for the default ONNX domain; re-export it with a "
-                            "standard opset (9 to 21)")
+                            f"standard opset ({SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1})")
     if versions[0] not in SUPPORTED_OPSETS:
         raise FrontendError(
             f"{source} uses ONNX opset {versions[0]}; qpass imports opsets {SUPPORTED_OPSETS.start} to "

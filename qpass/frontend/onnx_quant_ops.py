@@ -64,6 +64,10 @@ def quantize(node: Node):
     if output_dtype and output_dtype not in _OUTPUT_DTYPES:
         raise node.fail(f"output_dtype {element_type_name(output_dtype)} is not supported; "
                         f"qpass quantizes to {', '.join(_ZERO_POINT_DTYPES)}")
+    precision = node.attr("precision", 0)               # opset 25+: the type x / scale is computed in
+    if precision not in (0, onnx.TensorProto.FLOAT):
+        raise node.fail(f"precision {element_type_name(precision)} is not supported; qpass divides in float32 "
+                        "(precision=FLOAT or none)")
     params, dtype = _quant_params(node, shape, _OUTPUT_DTYPES.get(output_dtype, "u8"))
     return node.emit("quantize", [x], types=[TensorType(shape, dtype, params)], fold=False)
 
@@ -76,6 +80,10 @@ def dequantize(node: Node):
     if q_dtype is None or is_float(q_dtype):
         raise node.fail(f"its input '{node.proto.input[0]}' is {q_dtype or q.dtype}; DequantizeLinear takes "
                         "integers")
+    output_dtype = node.attr("output_dtype", 0)         # opset 23+: the result's float type
+    if output_dtype not in (0, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        raise node.fail(f"output_dtype {element_type_name(output_dtype)} is not supported; qpass dequantizes to "
+                        "float32 (float16 results compute in float32 too)")
     params, dtype = _quant_params(node, shape_of(q), q_dtype)
     if q_dtype != dtype:
         raise node.fail(f"its input is {q_dtype} but its zero point is {dtype}; they must agree")

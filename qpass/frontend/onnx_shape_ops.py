@@ -40,6 +40,9 @@ def cast(node: Node):
     """ONNX Cast -> a converted array for constants, else cast{to}, or its operand when that has the type
     already (a cast to float16 casts to f32)."""
     x, to = node.input(0), node.attr("to")
+    if node.attr("round_mode", "up") != "up":          # opset 24+: only casts to float8e8m0 round
+        raise node.fail(f"round_mode={node.attr('round_mode')!r} applies to float8e8m0 results, which the IR "
+                        "does not have; drop the attribute")
     if isinstance(x, np.ndarray):
         return x.astype(helper.tensor_dtype_to_np_dtype(to))
     if to not in ONNX_TO_IR:
