@@ -101,7 +101,8 @@ def centered_weights(weight) -> np.ndarray:
 
 @dataclasses.dataclass
 class ConvPlan:
-    """Shapes and constants of one compiled qconv2d / qdense (dense is a 1x1 conv over [M,1,1,K])."""
+    """Shapes and constants of one compiled qconv2d / qdense (dense is a 1x1 conv over [M,1,1,K], M
+    the product of the input's leading axes)."""
 
     name: str
     kind: str                        # "gemm" (groups=1, tensorized), "depthwise" or "grouped"
@@ -151,8 +152,9 @@ def conv_plan(op, spec, dense: bool = False) -> ConvPlan:
     wc = centered_weights(w)
     if dense:
         wc = wc[:, :, None, None]
-        in_shape = (x.type.shape[0], 1, 1, x.type.shape[1])
-        out_shape = (x.type.shape[0], 1, 1, wc.shape[0])
+        rows = int(np.prod(x.type.shape[:-1], dtype=np.int64))   # [..., K] inputs: every leading axis is a row
+        in_shape = (rows, 1, 1, x.type.shape[-1])
+        out_shape = (rows, 1, 1, wc.shape[0])
         strides, dilations, pads, groups = (1, 1), (1, 1), (0, 0, 0, 0), 1
     else:
         n, c, h, wd = x.type.shape

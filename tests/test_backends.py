@@ -38,10 +38,10 @@ def conv_graph(seed, in_c, out_c, hw, kernel, strides=(1, 1), pads=(1, 1, 1, 1),
     return g
 
 
-def dense_graph(seed, k, n, batch=1) -> Graph:
+def dense_graph(seed, k, n, batch=1, rows=()) -> Graph:
     rng = np.random.default_rng(seed)
     g = Graph("dense")
-    x = g.add_input("x", TensorType((batch, k), "f32"))
+    x = g.add_input("x", TensorType((batch, *rows, k), "f32"))
     w = g.add_constant(rng.standard_normal((n, k)).astype(np.float32), "w")
     b = g.add_constant(rng.standard_normal(n).astype(np.float32), "b")
     g.set_outputs([g.add_op("dense", [x, w, b], names=["fc"]).output])
@@ -103,6 +103,15 @@ def test_dense_bit_exact_on_host(bits, weights):
     built = build(quantized(dense_graph(1, k=37, n=21, batch=3), bits=bits, weights=weights), HOST)
     assert_bit_exact(built)
     assert {k["schedule"] for k in built.kernels if k["op"] == "qdense"} == {"avx2"}
+
+
+@pytest.mark.parametrize("target", [HOST, VNNI], ids=["avx2", "vnni"])
+def test_dense_on_a_3d_input_is_bit_exact(target):
+    """[B, S, K] x [K, N], as a transformer's projections are (the rows are every leading axis)."""
+    built = build(quantized(dense_graph(2, k=24, n=40, batch=1, rows=(5,))), target)
+    assert built.graph.find_ops("qdense")[0].inputs[0].type.rank == 3
+    if target is HOST or target.runnable_here()[0]:
+        assert_bit_exact(built)
 
 
 def test_weights_of_minus_128_fall_back_to_exact_loops():
