@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from qpass.errors import FrontendError, QpassError
-from qpass.frontend import onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
+from qpass.frontend import onnx_math_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
 from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, element_type_name, ir_array,
                                       node_label, sanitize_name)
 from qpass.ir import Graph, QuantParams, TensorType, Value

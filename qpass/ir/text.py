@@ -131,6 +131,10 @@ class _Parser:
             if any(np.isinf(a) and not np.isinf(x) for a, x in zip(array, items)):
                 self.fail(f"a value is beyond the range of {dtype}", pos)
             return array
+        if dtype == "bool":                  # printed as 0 / 1
+            if any(x not in (0, 1) for x in items):
+                self.fail("a bool value must be 0 or 1", pos)
+            return np.array(items, dtype=np.bool_)
         info = np.iinfo(numpy_dtype(dtype))
         if any(not info.min <= x <= info.max for x in items):
             self.fail(f"a value does not fit {dtype}", pos)

@@ -22,12 +22,13 @@ _DTYPES = {
     "u8": (np.uint8, 8, False, False),
     "i4": (np.int8, 4, True, False),
     "u4": (np.uint8, 4, False, False),
+    "bool": (np.bool_, 1, False, False),        # comparison and logic results (ONNX bool), held as numpy bool_
 }
 DTYPES = tuple(_DTYPES)
 _MAX_DIMENSION = np.iinfo(np.int64).max
 _FROM_NUMPY = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.int64): "i64",
                np.dtype(np.int32): "i32", np.dtype(np.int16): "i16", np.dtype(np.int8): "i8",
-               np.dtype(np.uint8): "u8"}
+               np.dtype(np.uint8): "u8", np.dtype(np.bool_): "bool"}
 
 
 def check_dtype(name: str) -> str:

@@ -8,6 +8,10 @@ inference, traits, interpreter kernel and lowering to TVM side by side, one modu
     movement       identity, reshape, transpose, concat, split, slice, gather, pad, resize
     quantization   quantize, dequantize
     integer        qconv2d, qdense, requantize, qadd, qmul, qreduce_mean, lut
+    math           neg, abs, sign, floor, ceil, round, sin, cos, log, reciprocal, softplus, mish,
+                   elu, selu, celu, thresholded_relu, prelu, max, min, sum, mean, reduce_*, argmax,
+                   argmin, expand, tile
+    logic          equal, less, greater, less_equal, greater_equal, logical_not/and/or/xor, where
     common         helpers they share (inference checks, kernel pieces, layout names)
 
 The registry (qpass.ir.opdef.OPS) imports the families on first lookup; nothing needs to import
