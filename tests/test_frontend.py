@@ -464,8 +464,9 @@ def test_converter_errors_name_the_node():
                         initializers={"w": weight(3, 2, 1, 1, 1)})
     with pytest.raises(FrontendError, match=r"node 'conv_3d' \(Conv\): only 2-D Conv"):
         import_onnx(conv3d)
-    gather = make_model([node("Gather", "xi", name="lookup")], {"x": [5, 3], "i": ([2], TensorProto.INT64)})
-    with pytest.raises(FrontendError, match=r"node 'lookup' \(Gather\): its indices are computed at run time"):
+    gather = make_model([node("Gather", "xi", name="lookup")], {"x": [5, 3]},
+                        initializers={"i": np.array([1, 5], np.int64)})
+    with pytest.raises(FrontendError, match=r"node 'lookup' \(Gather\): indices \[1, 5\] are out of range"):
         import_onnx(gather)
 
 
@@ -565,3 +566,15 @@ def test_an_opset_newer_than_onnx_knows_is_refused():
     model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
     with pytest.raises(FrontendError, match=f"qpass imports opsets 9 to {onnx.defs.onnx_opset_version()}"):
         import_onnx(model)
+
+
+def test_gather_with_run_time_indices_is_an_embedding_lookup():
+    """Gather whose indices are a graph input (a token embedding) imports as gather over the run-time
+    indices (it was refused); negative indices count from the end, as in ONNX. Exact: no arithmetic."""
+    table = weight(10, 4)
+    model = make_model([node("Gather", "ti", axis=0)], {"i": ([2, 3], onnx.TensorProto.INT64)},
+                       initializers={"t": table})
+    g = import_onnx(model)
+    assert [op.kind for op in g.ops] == ["gather"]
+    indices = np.array([[0, 9, -1], [3, -10, 5]], np.int64)
+    np.testing.assert_array_equal(interpret(g, {"i": indices})["y"], np.take(table, indices, axis=0))

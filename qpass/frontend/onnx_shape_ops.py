@@ -182,11 +182,12 @@ def slice_(node: Node):
 
 @converter("Gather")
 def gather(node: Node):
-    """ONNX Gather with constant indices -> gather with non-negative i64 indices."""
+    """ONNX Gather -> gather: constant indices checked and made non-negative i64 here; run-time indices
+    (an embedding lookup) as they are, negative ones counting from the end in the kernel and lowering."""
     dims = shape_of(node.input(0))
     axis = node.axis(node.attr("axis", 0), len(dims))
     if not isinstance(node.input(1), np.ndarray):
-        raise node.fail("its indices are computed at run time; qpass supports Gather with constant indices only")
+        return node.emit("gather", [node.input(0), node.input(1)], {"axis": axis})
     indices = node.input(1).astype(np.int64)
     if indices.size and (indices.min() < -dims[axis] or indices.max() >= dims[axis]):
         raise node.fail(f"indices {indices.reshape(-1)[:8].tolist()} are out of range for dimension "
