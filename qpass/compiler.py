@@ -127,15 +127,19 @@ def check_lowerable(graph: Graph) -> None:
     """Refuse a graph with ops that no target lowers, naming every such op kind at once."""
     missing: dict[str, list[str]] = {}
     for op in graph.ops:
-        if op_def(op.kind).lower is None:
-            missing.setdefault(op.kind, []).append(op.name)
+        definition = op_def(op.kind)
+        problem = ("no lowering" if definition.lower is None
+                   else definition.lowering_problem(op) if definition.lowering_problem else None)
+        if problem:
+            kind = op.kind if definition.lower is None else f"{op.kind} ({problem})"
+            missing.setdefault(kind, []).append(op.name)
     if missing:
         listing = "; ".join(f"{kind} ({len(names)} op{'s' if len(names) > 1 else ''}: "
                             f"{', '.join('%' + n for n in names[:3])}{', ...' if len(names) > 3 else ''})"
                             for kind, names in sorted(missing.items()))
         raise QpassError(f"the model cannot compile: these ops have no lowering to TVM: {listing}. Give the "
-                         "op's definition a `lower` (see `qpass ops` and docs/ops.md), or remove the ops from "
-                         "the model")
+                         "op's definition a `lower` (see `qpass ops` and docs/ops.md), express the ONNX op with "
+                         "ops that lower, or remove the ops from the model")
 
 
 def _describe(model) -> str:

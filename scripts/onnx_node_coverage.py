@@ -2,9 +2,10 @@
 
     python scripts/onnx_node_coverage.py [--no-compile]
 
-Runs every case of onnx's node test suite whose ops qpass converts (the same cases and the same
-comparison as tests/test_onnx_node_cases.py): qpass's interpreter, qpass compiled for the host and
-run in the Relax VM, and ONNX Runtime's CPU provider on the original model with every input fed.
+Runs every case of onnx's node test suite of the default domain (the same cases and the same
+comparison as tests/test_onnx_node_cases.py: those qpass converts, those it imports through a
+fallback, and those it refuses): qpass's interpreter, qpass compiled for the host and run in the
+Relax VM, and ONNX Runtime's CPU provider on the original model with every input fed.
 Prints one row per op type and the totals ("qpass passes X of Y, ORT Z of Y").
 """
 
@@ -55,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     cases = _cases_module()
-    from qpass.errors import FrontendError
+    from qpass.errors import FrontendError, QpassError
     host = None
     if not args.no_compile:
         from qpass.backends import backend
@@ -63,7 +64,7 @@ def main() -> int:
         host = (b, b.resolve_target("x86_64-linux-gnu"))
     rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     reasons: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for name in cases.converted_cases():
+    for name in [*cases.converted_cases(), *cases.fallback_cases(), *cases.refused_cases()]:
         case = cases.all_cases()[name]
         ops = sorted(cases.op_types(case))
         key = ops[0] if len(ops) == 1 else "(multi-op cases)"
@@ -86,6 +87,8 @@ def main() -> int:
         if host is not None:
             try:
                 row["compiled"] += (not prepared.feeds) or cases.run_compiled(prepared, host) == ""
+            except QpassError as e:   # refused before building: an op without a lowering
+                reasons[key][f"does not compile: {e}"[:90]] += 1
             except Exception as e:
                 reasons[key][f"compile failed: {type(e).__name__}: {e}"[:90]] += 1
     header = f"| op type | cases | qpass interpreter | qpass compiled | refused | ORT CPU | refusal reasons |"

@@ -143,17 +143,17 @@ def test_broken_onnx_files(tmp_path):
 
 def test_unsupported_ops_are_listed_together(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu0"),
-             helper.make_node("Hardmax", ["a"], ["b"], name="hardmax0"),
-             helper.make_node("Shrink", ["b"], ["c"], name="shrink0"),
-             helper.make_node("Hardmax", ["c"], ["y"], name="hardmax1")]
+             helper.make_node("SplitToSequence", ["a"], ["b"], name="split0"),
+             helper.make_node("FusedGemm", ["b"], ["c"], name="fused0", domain="com.microsoft"),
+             helper.make_node("SplitToSequence", ["c"], ["y"], name="split1")]
     model = helper.make_model(helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]),
-        opset_imports=[helper.make_opsetid("", 18)])
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
     path = tmp_path / "unsupported.onnx"
     onnx.save(model, path)
     result = qpass("show", path)
-    assert_clean_error(result, "Hardmax", "hardmax0", "hardmax1", "Shrink", "shrink0")
+    assert_clean_error(result, "SplitToSequence", "split0", "split1", "com.microsoft.FusedGemm", "fused0")
 
 
 def test_dynamic_input_needs_input_shape(tmp_path):

@@ -421,15 +421,62 @@ def test_model_without_graph_or_inputs():
 
 
 def test_unsupported_ops_are_listed_together():
-    nodes = [node("Relu", "x", "a"), node("LSTM", ["a", "w", "r"], ["b"], name="lstm_1"),
-             node("LSTM", ["b", "w", "r"], ["c"], name="lstm_2"), node("If", ["cond"], ["y"], name="if_0"),
+    body = helper.make_graph([], "body", [], [])
+    nodes = [node("Relu", "x", "a"), node("SequenceConstruct", ["a"], ["s"], name="seq_1"),
+             node("SequenceConstruct", ["a"], ["t"], name="seq_2"),
+             node("Scan", ["a"], ["y"], name="scan_0", body=body, num_scan_inputs=1),
              helper.make_node("FusedConv", ["x"], ["z"], name="fused", domain="com.microsoft")]
-    model = make_model(nodes, {"x": [1, 4, 8], "cond": ([], TensorProto.BOOL)}, ["y"])
+    model = make_model(nodes, {"x": [1, 4, 8]}, ["y"])
     with pytest.raises(FrontendError) as error:
         import_onnx(model)
     message = str(error.value)
-    assert "LSTM (nodes: lstm_1, lstm_2)" in message and "If (node: if_0)" in message
-    assert "com.microsoft.FusedConv (node: fused)" in message and "Supported ops are" in message
+    assert "SequenceConstruct (the IR has no sequence, optional or string values; nodes: seq_1, seq_2)" in message
+    assert "Scan (control flow with a body graph" in message and "node: scan_0" in message
+    assert "com.microsoft.FusedConv (no converter for domain 'com.microsoft'; node: fused)" in message
+    assert "qpass converts" in message and "onnx.reference" in message
+
+
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose", "MaxPool", "AveragePool"])
+def test_one_d_windows_are_2d_ops_and_three_d_ones_onnx_nodes(op_type):
+    """A 1-D convolution or pool is qpass's 2-D op over a unit height (so it quantizes); a 3-D one,
+    which qpass has no op for, imports as an onnx_node. Both match ONNX Runtime."""
+    for rank, kind in ((1, {"Conv": "conv2d", "ConvTranspose": "conv_transpose2d", "MaxPool": "max_pool2d",
+                             "AveragePool": "avg_pool2d"}[op_type]), (3, "onnx_node")):
+        spatial = [7] * rank
+        window = dict(pads=[1] * 2 * rank, strides=[2] * rank)
+        if op_type in ("Conv", "ConvTranspose"):
+            shape = (3, 2, *[3] * rank) if op_type == "Conv" else (2, 3, *[3] * rank)
+            model = make_model([node(op_type, "xwb", **window)], {"x": [1, 2, *spatial]},
+                               initializers={"w": weight(*shape), "b": weight(3)})
+        else:
+            model = make_model([node(op_type, "x", kernel_shape=[3] * rank, **window)], {"x": [1, 2, *spatial]})
+        graph = import_onnx(model)
+        assert kind in {op.kind for op in graph.ops}
+        x = RNG.standard_normal((1, 2, *spatial)).astype(np.float32)
+        expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+        np.testing.assert_allclose(interpret(graph, {"x": x})["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ops_without_converter_import_through_the_libraries():
+    """LSTM has no qpass op: it imports as an onnx_node run by onnx.reference; Swish expands into its
+    ONNX function body; an If whose condition folds becomes the branch it takes."""
+    rng = np.random.default_rng(0)
+    w, r = rng.standard_normal((1, 12, 4), np.float32), rng.standard_normal((1, 12, 3), np.float32)
+    then = helper.make_graph([node("Swish", "b", "y_then", alpha=2.0)], "then", [],
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    other = helper.make_graph([node("Neg", "b", "y_else")], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    nodes = [node("LSTM", ["x", "w", "r"], ["b"], hidden_size=3), node("Constant", [], "cond", value=
+             helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+             node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    model = make_model(nodes, {"x": [2, 1, 4]}, ["y"], initializers={"w": w, "r": r}, opset=24)
+    graph = import_onnx(model)
+    assert sorted(op.kind for op in graph.ops) == ["mul", "mul", "onnx_node", "sigmoid"]
+    x = rng.standard_normal((2, 1, 4), np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(interpret(graph, {"x": x})["y"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_dynamic_input_needs_input_shapes():
@@ -460,10 +507,9 @@ def test_runtime_shape_parameter_is_an_error():
 
 
 def test_converter_errors_name_the_node():
-    conv3d = make_model([node("Conv", "xw", name="conv_3d")], {"x": [1, 2, 4, 4, 4]},
-                        initializers={"w": weight(3, 2, 1, 1, 1)})
-    with pytest.raises(FrontendError, match=r"node 'conv_3d' \(Conv\): only 2-D Conv"):
-        import_onnx(conv3d)
+    unknown_type = make_model([node("Cast", "x", name="to_double", to=TensorProto.DOUBLE)], {"x": [2, 3]})
+    with pytest.raises(FrontendError, match=r"node 'to_double' \(Cast\): casting a run-time value to DOUBLE"):
+        import_onnx(unknown_type)
     gather = make_model([node("Gather", "xi", name="lookup")], {"x": [5, 3]},
                         initializers={"i": np.array([1, 5], np.int64)})
     with pytest.raises(FrontendError, match=r"node 'lookup' \(Gather\): indices \[1, 5\] are out of range"):

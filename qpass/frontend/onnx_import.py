@@ -19,9 +19,10 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from qpass.errors import FrontendError, QpassError
+from qpass.frontend import onnx_fallback
 from qpass.frontend import onnx_math_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
-from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, element_type_name, ir_array,
-                                      node_label, sanitize_name)
+from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, Unsupported, element_type_name,
+                                      ir_array, node_label, sanitize_name)
 from qpass.ir import Graph, QuantParams, TensorType, Value
 
 # Opset 9 up to the newest the installed onnx package defines. Between 21 and 28 the ops qpass
@@ -99,24 +100,38 @@ def _opset(proto: onnx.ModelProto, source: str) -> int:
     return versions[0]
 
 
-def _check_supported(graph: onnx.GraphProto, source: str) -> None:
-    """One error listing every op type (and custom-domain op) the model uses that has no converter."""
-    unsupported: dict[str, list[str]] = {}
+def converter_for(proto: onnx.NodeProto):
+    """The converter registered for the node's op: '<domain>.<op>' for a custom domain (ORT's
+    com.microsoft ops also under their bare name), else the op type; None if there is none."""
+    if proto.domain in _DEFAULT_DOMAINS:
+        return CONVERTERS.get(proto.op_type)
+    found = CONVERTERS.get(f"{proto.domain}.{proto.op_type}")
+    if found is None and proto.domain == "com.microsoft":
+        found = CONVERTERS.get(proto.op_type)
+    return found
+
+
+def _check_supported(graph: onnx.GraphProto, source: str, opset: int) -> None:
+    """One error listing every op type (and custom-domain op) the model uses that no converter and
+    no fallback (onnx_fallback) imports, with the reason."""
+    unsupported: dict[str, tuple[str, list[str]]] = {}
     for node in graph.node:
-        label = node_label(node)
-        if node.domain not in _DEFAULT_DOMAINS:
-            unsupported.setdefault(f"{node.domain}.{node.op_type}", []).append(label)
-        elif node.op_type not in CONVERTERS:
-            unsupported.setdefault(node.op_type, []).append(label)
+        if converter_for(node) is not None:
+            continue
+        reason = onnx_fallback.unsupported_reason(node, opset)
+        if reason is not None:
+            op_type = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            unsupported.setdefault(op_type, (reason, []))[1].append(node_label(node))
     if not unsupported:
         return
     listed = []
-    for op_type, labels in unsupported.items():
+    for op_type, (reason, labels) in unsupported.items():
         shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
-        listed.append(f"{op_type} ({'nodes' if len(labels) > 1 else 'node'}: {shown})")
+        listed.append(f"{op_type} ({reason}; {'nodes' if len(labels) > 1 else 'node'}: {shown})")
     raise FrontendError(
-        f"{source}: the model uses ops qpass cannot import: {', '.join(listed)}. Supported ops are (default "
-        f"ONNX domain only, control flow such as If/Loop is not supported): {', '.join(sorted(CONVERTERS))}")
+        f"{source}: the model uses ops qpass cannot import: {'; '.join(listed)}. qpass converts "
+        f"{', '.join(sorted(CONVERTERS))}; any other default-domain op that has an ONNX function body or an "
+        "onnx.reference implementation imports as a float island (onnx_node)")
 
 
 def _declared_dtype(info: onnx.ValueInfoProto) -> Optional[str]:
@@ -151,27 +166,17 @@ class Importer:
     def run(self) -> Graph:
         """Convert the whole model; returns the verified graph without dead ops."""
         onnx_graph = self.model.graph
-        _check_supported(onnx_graph, self.source)
+        _check_supported(onnx_graph, self.source, self.opset)
         for init in onnx_graph.initializer:
             try:
-                self._bind(init.name, numpy_helper.to_array(init))
+                self.bind_array(init.name, numpy_helper.to_array(init))
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise FrontendError(f"{self.source}: initializer '{init.name}' cannot be read ({e}); it may be "
                                     "corrupted or of an unknown element type. If the model keeps weights in "
                                     "external data files, pass its path so they load from beside it") from e
         self._add_inputs([v for v in onnx_graph.input if v.name not in self._operands])
         for proto in onnx_graph.node:
-            node = Node(self, proto)
-            try:
-                results = CONVERTERS[proto.op_type](node)
-            except QpassError:
-                raise
-            except Exception as e:  # a malformed node or a converter bug: say which node
-                raise node.fail(f"converting it failed: {type(e).__name__}: {e}") from e
-            results = list(results) if isinstance(results, (list, tuple)) else [results]
-            for onnx_name, result in zip(proto.output, results):
-                if onnx_name:
-                    self._bind(onnx_name, result)
+            self.convert(proto, self.opset)
         outputs: list[Value] = []
         for info in onnx_graph.output:
             if info.name not in self._operands:
@@ -275,6 +280,54 @@ class Importer:
             self.graph.rename(value, self.graph.fresh_name(name + ".f32"))
             self._halves[value] = self.graph.add_op("cast", [value], {"to": "f16"}, names=[name]).output
         return self._halves[value]
+
+    # ------------------------------------------------------------------ converting nodes
+    def convert(self, proto: onnx.NodeProto, opset: int) -> None:
+        """Convert one node written in default-domain `opset`, binding its results: through its
+        converter, else the fallbacks of onnx_fallback (an If decided now, the op's ONNX function
+        body, an onnx_node)."""
+        node = Node(self, proto, opset)
+        convert = converter_for(proto)
+        try:
+            if convert is not None:
+                try:
+                    results = convert(node)
+                except Unsupported:
+                    if onnx_fallback.unsupported_reason(proto, opset) is not None:
+                        raise
+                    results = self._fallback(proto, node)
+                    if results is None:
+                        return
+            elif proto.op_type == "If" and proto.domain in _DEFAULT_DOMAINS:
+                results = onnx_fallback.inline_if(self, node)
+            else:
+                reason = onnx_fallback.unsupported_reason(proto, opset)
+                if reason is not None:
+                    raise node.fail(f"qpass cannot import it: {reason}")
+                results = self._fallback(proto, node)
+                if results is None:
+                    return
+        except QpassError:
+            raise
+        except Exception as e:  # a malformed node or a converter bug: say which node
+            raise node.fail(f"converting it failed: {type(e).__name__}: {e}") from e
+        results = list(results) if isinstance(results, (list, tuple)) else [results]
+        for onnx_name, result in zip(proto.output, results):
+            if onnx_name and result is not None:
+                self._bind(onnx_name, result)
+
+    def _fallback(self, proto: onnx.NodeProto, node: Node):
+        """The node's ONNX function body converted (None: its results are bound), else an onnx_node."""
+        body = onnx_fallback.function_body(proto, node)
+        if body is not None:
+            for inner in body[0]:
+                self.convert(inner, body[1])
+            return None
+        return onnx_fallback.onnx_node(node)
+
+    def bind_array(self, onnx_name: str, array: np.ndarray) -> None:
+        """Bind ONNX value `onnx_name` to an import-time constant."""
+        self._bind(onnx_name, array)
 
     # ------------------------------------------------------------------ the environment
     def _bind(self, onnx_name: str, operand: Operand) -> None:

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from qpass.frontend.onnx_import import Importer
 
 Operand = Union[np.ndarray, Value]
+
+
+class Unsupported(FrontendError):
+    """A converter refuses a variant of its op that qpass's own ops do not express (a 3-D
+    convolution, a cubic resize...); the importer then imports the node as an onnx_node when
+    onnx.reference implements it, else reports this error."""
 Converter = Callable[["Node"], Union[Operand, Sequence[Operand]]]
 
 CONVERTERS: dict[str, Converter] = {}
@@ -33,7 +39,7 @@ CONVERTERS: dict[str, Converter] = {}
 ONNX_TO_IR = {
     onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.INT64: "i64",
     onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT16: "i16", onnx.TensorProto.INT8: "i8",
-    onnx.TensorProto.UINT8: "u8",
+    onnx.TensorProto.UINT8: "u8", onnx.TensorProto.BOOL: "bool",
 }
 
 
@@ -105,10 +111,10 @@ def _attribute(proto: onnx.AttributeProto):
 class Node:
     """One ONNX node: its attributes, operands (arrays or IR values) and the names of its results."""
 
-    def __init__(self, importer: "Importer", proto: onnx.NodeProto):
+    def __init__(self, importer: "Importer", proto: onnx.NodeProto, opset: Optional[int] = None):
         self.proto = proto
         self.op_type = proto.op_type
-        self.opset = importer.opset
+        self.opset = importer.opset if opset is None else opset   # a function body's nodes have their own
         self._importer = importer
         self.where = f"node '{node_label(proto)}' ({proto.op_type})"
         self.attrs = {a.name: self._read_attribute(a) for a in proto.attribute}
@@ -128,6 +134,11 @@ class Node:
     def fail(self, message: str) -> FrontendError:
         """An error naming this node; converters `raise node.fail(...)`."""
         return FrontendError(f"{self.where}: {message}")
+
+    def unsupported(self, message: str) -> Unsupported:
+        """A variant of the op that qpass's ops do not express; converters `raise node.unsupported(...)`
+        and the node falls back to an onnx_node (see qpass.frontend.onnx_fallback)."""
+        return Unsupported(f"{self.where}: {message}")
 
     def attr(self, name: str, default=None):
         """ONNX attribute `name` (strings decoded, tensors as arrays), or `default`."""

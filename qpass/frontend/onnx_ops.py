@@ -5,6 +5,7 @@ op never depends on the opset it came from.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Optional
 
@@ -17,12 +18,50 @@ _SAME = ("SAME_UPPER", "SAME_LOWER")
 
 
 def _spatial(node: Node, x: Operand) -> tuple[int, ...]:
-    """The H, W of an NCHW operand; qpass's convolutions and pools are 2-D only."""
+    """The H, W of an NCHW operand; qpass's convolutions and pools are 2-D (1-D ones are lifted to
+    2-D by `one_d_as_2d`, others import as onnx_node)."""
     shape = shape_of(x)
     if len(shape) != 4:
-        raise node.fail(f"only 2-D {node.op_type} (a rank-4 NCHW input) is supported; this input has shape "
-                        f"{list(shape)}")
+        raise node.unsupported(f"only 1-D and 2-D {node.op_type} (a rank-3 NCW or rank-4 NCHW input) have qpass "
+                               f"ops; this input has shape {list(shape)}")
     return shape[2:]
+
+
+def one_d_as_2d(convert):
+    """A 1-D Conv/ConvTranspose/pool (NCW input) as its 2-D form over [N, C, 1, W]: operands and
+    window attributes get a leading unit height, the result loses it again. The convolution stays
+    one qpass op, so it quantizes like a 2-D one."""
+    def wrapped(node: Node):
+        x = node.input(0)
+        if len(shape_of(x)) != 3:
+            return convert(node)
+        lifted = copy.copy(node)
+        unit = lambda name, value: [value] + node.ints(node.attr(name)) if node.attr(name) is not None else None
+        attrs = dict(node.attrs)
+        for name, value in (("strides", 1), ("dilations", 1), ("kernel_shape", 1), ("output_padding", 0)):
+            if name in attrs:
+                attrs[name] = unit(name, value)
+        if "pads" in attrs:
+            begin, end = node.ints(attrs["pads"])
+            attrs["pads"] = [0, begin, 0, end]
+        if "output_shape" in attrs:
+            attrs["output_shape"] = [1] + node.ints(attrs["output_shape"])[-1:]
+        lifted.attrs = attrs
+        lifted.output_names = [name + ".2d" for name in node.output_names]
+        inputs = list(node.inputs)
+        n, c, w_ = shape_of(x)
+        inputs[0] = lifted.emit("reshape", [x], {"shape": [n, c, 1, w_]}, suffix="nchw")
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = inputs[1]
+            o, i, k = shape_of(w)
+            inputs[1] = (node.named(np.expand_dims(w, 2), "weight2d") if isinstance(w, np.ndarray)
+                         else lifted.emit("reshape", [w], {"shape": [o, i, 1, k]}, suffix="weight2d"))
+        lifted.inputs = inputs
+        y = convert(lifted)
+        n, c, _, w_ = shape_of(y)
+        return node.emit("reshape", [y], {"shape": [n, c, w_]})
+    wrapped.__doc__ = convert.__doc__
+    return wrapped
 
 
 def _pads(node: Node, size, kernel, strides, dilations) -> list[int]:
@@ -51,6 +90,7 @@ def _window_attrs(node: Node) -> tuple[list[int], list[int]]:
 
 
 @converter("Conv")
+@one_d_as_2d
 def conv(node: Node):
     """ONNX Conv (2-D, any groups, auto_pad resolved) -> conv2d."""
     x, w, bias = node.input(0), node.input(1), node.input(2)
@@ -61,6 +101,7 @@ def conv(node: Node):
 
 
 @converter("ConvTranspose")
+@one_d_as_2d
 def conv_transpose(node: Node):
     """ONNX ConvTranspose (2-D; output_shape and auto_pad become explicit pads) -> conv_transpose2d."""
     x, w, bias = node.input(0), node.input(1), node.input(2)
@@ -245,7 +286,10 @@ def softmax(node: Node):
 
 @converter("LayerNormalization")
 def layer_norm(node: Node):
-    """ONNX LayerNormalization -> layer_norm{axis, epsilon}."""
+    """ONNX LayerNormalization -> layer_norm{axis, epsilon} (with its Mean / InvStdDev outputs read:
+    the ONNX function body)."""
+    if len([name for name in node.proto.output if name]) > 1:
+        raise node.unsupported("its Mean / InvStdDev outputs are read; layer_norm computes only Y")
     x = node.input(0)
     inputs = [x, node.input(1)] + ([node.input(2)] if node.input(2) is not None else [])
     attrs = {"axis": node.axis(node.attr("axis", -1), len(shape_of(x))),
@@ -257,11 +301,12 @@ def layer_norm(node: Node):
 def batch_norm(node: Node):
     """ONNX BatchNormalization (inference) -> batch_norm; a pass folds it into the convolution."""
     if node.attr("training_mode", 0):
-        raise node.fail("training_mode=1 computes batch statistics; export the model in eval mode")
+        raise node.unsupported("training_mode=1 computes batch statistics, which qpass's batch_norm does not")
     return node.emit("batch_norm", node.inputs[:5], {"epsilon": float(node.attr("epsilon", 1e-5))})
 
 
 @converter("MaxPool", "AveragePool")
+@one_d_as_2d
 def pool(node: Node):
     """ONNX MaxPool / AveragePool (2-D) -> max_pool2d / avg_pool2d with explicit pads."""
     x = node.input(0)
@@ -271,10 +316,10 @@ def pool(node: Node):
     attrs = {"kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": bool(node.attr("ceil_mode", 0))}
     if node.op_type == "MaxPool":
         if node.attr("storage_order", 0):
-            raise node.fail("storage_order=1 (column-major indices) is not supported")
+            raise node.unsupported("storage_order=1 (column-major indices) has no qpass op")
         return node.emit("max_pool2d", [x], dict(attrs, dilations=dilations))
     if dilations != [1, 1]:
-        raise node.fail(f"dilated average pooling (dilations={dilations}) is not supported")
+        raise node.unsupported(f"dilated average pooling (dilations={dilations}) has no qpass op")
     return node.emit("avg_pool2d", [x], dict(attrs, count_include_pad=bool(node.attr("count_include_pad", 0))))
 
 

@@ -18,7 +18,8 @@ def constant(node: Node):
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in node.attrs:
             return np.asarray(node.attrs[key], dtype=dtype)
-    raise node.fail(f"only numeric tensor values are supported, not {', '.join(node.attrs) or 'an empty value'}")
+    raise node.unsupported("only numeric tensor values have a qpass form, not "
+                           f"{', '.join(node.attrs) or 'an empty value'}")
 
 
 @converter("ConstantOfShape")
@@ -213,7 +214,7 @@ def pad(node: Node):
             full[axis], full[axis + rank] = pads[i], pads[i + len(axes)]
         pads = full
     if mode not in ("constant", "reflect", "edge"):
-        raise node.fail(f"mode {mode!r} is not supported; qpass pads with constant, reflect or edge")
+        raise node.unsupported(f"mode {mode!r} has no qpass op; qpass pads with constant, reflect or edge")
     if len(pads) != 2 * rank:
         raise node.fail(f"pads {pads} must give {2 * rank} sizes (all begins, then all ends)")
     attrs = {"pads": pads, "mode": mode}
@@ -229,7 +230,7 @@ def resize(node: Node):
     dims = shape_of(node.input(0))
     mode = node.attr("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
-        raise node.fail(f"mode {mode!r} is not supported; qpass resizes with nearest or linear")
+        raise node.unsupported(f"mode {mode!r} has no qpass op; qpass resizes with nearest or linear")
     if node.op_type == "Upsample" or node.opset < 11:
         # Upsample and Resize-10: scales only, asymmetric coordinates, nearest rounds down.
         scales = node.attr("scales") if "scales" in node.attrs else node.const_input(1, "scales")
@@ -239,8 +240,8 @@ def resize(node: Node):
         nearest = node.attr("nearest_mode", "round_prefer_floor")
         if coordinates == "tf_crop_and_resize" or node.attr("antialias", 0) \
                 or node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-            raise node.fail("tf_crop_and_resize, antialias and keep_aspect_ratio_policy other than stretch "
-                            "are not supported")
+            raise node.unsupported("tf_crop_and_resize, antialias and keep_aspect_ratio_policy other than "
+                                   "stretch have no qpass op")
         scales, sizes = node.const_input(2, "scales"), node.const_input(3, "sizes")
         axes = node.attr("axes")
     axes = list(range(len(dims))) if axes is None else [node.axis(a, len(dims)) for a in axes]

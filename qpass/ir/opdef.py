@@ -22,7 +22,7 @@ from qpass.errors import IRError
 
 ENTRY_POINT_GROUP = "qpass.ops"
 BUILTIN_MODULES = ("qpass.ops.elementwise", "qpass.ops.nn", "qpass.ops.movement", "qpass.ops.quantization",
-                   "qpass.ops.integer", "qpass.ops.math", "qpass.ops.logic")
+                   "qpass.ops.integer", "qpass.ops.math", "qpass.ops.logic", "qpass.ops.fallback")
 
 
 class Trait(str, enum.Enum):
@@ -66,7 +66,9 @@ class OpDef:
     value lies in whatever the input (None for an open end), if there is one.
     `check_results(operand_types, attrs, declared_types)` replaces the comparison with `infer`
     in verification, for an op whose result types are given rather than inferred (quantize): it
-    says why the declared types are wrong, or returns None.
+    says why the declared types are wrong, or returns None. `lowering_problem(op)` says why one
+    op of a kind that has a `lower` still cannot lower (None when it can), for an op whose
+    lowering depends on its attributes (onnx_node).
     """
 
     name: str
@@ -80,6 +82,7 @@ class OpDef:
     static_range: Optional[Callable[[dict], tuple]] = None
     doc: str = ""
     check_results: Optional[CheckResultsFn] = None
+    lowering_problem: Optional[Callable[[object], Optional[str]]] = None
 
     def __post_init__(self):
         inputs = (self.inputs, self.inputs) if isinstance(self.inputs, int) else tuple(self.inputs)
