@@ -312,3 +312,33 @@ def test_most_fallback_cases_pass():
             continue
         passed += run_interpreter(prepared) == ""
     assert passed >= 670
+
+
+RECURRENT_CASES = sorted(n for n in all_cases() if re.match(r"test_(lstm|gru|rnn|simple_rnn)_", n))
+
+
+@pytest.mark.parametrize("name", RECURRENT_CASES)
+def test_recurrent_cases_unroll_with_constant_weights(name):
+    """LSTM/GRU/RNN with their weights as initializers (as exported models have them) unroll into
+    dense and gate ops, and still give ONNX's expected outputs; variants qpass does not unroll
+    (peepholes, batch-first layout) stay one onnx_node."""
+    case = all_cases()[name]
+    inputs, outputs = case.data_sets[0]
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    node = model.graph.node[0]
+    constant = {node.input[i] for i in (1, 2, 3) if len(node.input) > i and node.input[i]}
+    feeds = {}
+    for info, array in zip(list(case.model.graph.input), inputs):
+        if info.name in constant:
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(array), info.name))
+        else:
+            feeds[info.name] = np.asarray(array)
+    graph = qpass.import_onnx(model, {n: a.shape for n, a in feeds.items()})
+    kinds = {op.kind for op in graph.ops}
+    variant = any(k in name for k in ("peephole", "batchwise"))
+    assert ("onnx_node" in kinds) == variant, kinds
+    if not variant:
+        assert "dense" in kinds
+    results = interpret(graph, {v.name: feeds[n] for v, n in zip(graph.inputs, feeds)})
+    assert mismatch([results[v.name] for v in graph.outputs], [_array(a) for a in outputs]) == ""

@@ -21,8 +21,8 @@ import onnx
 import onnx.inliner
 from onnx import defs, helper
 
-from qpass.errors import QpassError
-from qpass.frontend.onnx_node import Node, Operand
+from qpass.errors import FrontendError, QpassError
+from qpass.frontend.onnx_node import Node, Operand, dtype_of, shape_of
 from qpass.ir import Value
 from qpass.ir.types import is_float
 from qpass.ops import fallback
@@ -74,16 +74,44 @@ def unsupported_reason(proto: onnx.NodeProto, opset: int) -> Optional[str]:
 
 # ---------------------------------------------------------------------------------- If
 def inline_if(importer: "Importer", node: Node) -> list[Optional[Operand]]:
-    """The results of the branch an If takes, its condition being known at import time."""
+    """An If: the branch it takes when its condition is known at import time; else both branches,
+    each result chosen by `where` on the condition (ONNX branches have no side effects, so this is
+    the same function at the cost of computing both), which needs the branches' results to have
+    equal types."""
     condition = node.input(0)
     if isinstance(condition, Value):
-        raise node.fail(
-            f"its condition '{node.proto.input[0]}' is computed at run time; qpass compiles one static graph, "
-            "so an If must decide at import time. Fix the input shapes (--input-shape) if the condition "
-            "depends only on them, or export the model for one branch")
+        if condition.type.size != 1:
+            raise node.fail(f"its condition has {condition.type.size} elements; ONNX If takes one")
+        taken = []
+        for name in ("then_branch", "else_branch"):
+            try:
+                taken.append(_branch(importer, node, node.attr(name)))
+            except FrontendError as e:
+                raise node.fail(
+                    f"its condition '{node.proto.input[0]}' is computed at run time, so qpass computes both "
+                    f"branches and selects, but its {name.split('_')[0]} branch does not convert at these input "
+                    f"shapes ({e}). If a graph input decides the condition (a sample rate, a mode flag), fix it "
+                    "at import: import_onnx(..., constants={name: value}) / --constant NAME=VALUE") from None
+            
+        results = []
+        for i, (a, b) in enumerate(zip(*taken)):
+            if shape_of(a) != shape_of(b) or dtype_of(a) != dtype_of(b):
+                raise node.fail(
+                    f"its condition '{node.proto.input[0]}' is computed at run time and its branches give result "
+                    f"{i} different types ({dtype_of(a)}{list(shape_of(a))} and {dtype_of(b)}{list(shape_of(b))}); qpass compiles one static graph, so it "
+                    "computes both branches and selects, which needs equal types. Fix the input that decides "
+                    "the condition, or export the model for one branch")
+            flag = node.emit("reshape", [condition], {"shape": []}, suffix="condition")
+            results.append(node.emit("where", [flag, a, b], suffix=f"select{i}"))
+        return results
     if np.asarray(condition).size != 1:
         raise node.fail(f"its condition has {np.asarray(condition).size} elements; ONNX If takes one")
     branch = node.attr("then_branch" if bool(np.asarray(condition).reshape(-1)[0]) else "else_branch")
+    return _branch(importer, node, branch)
+
+
+def _branch(importer: "Importer", node: Node, branch: onnx.GraphProto) -> list[Operand]:
+    """Convert the nodes of an If branch; its results."""
     for init in branch.initializer:
         importer.bind_array(init.name, onnx.numpy_helper.to_array(init))
     for proto in branch.node:

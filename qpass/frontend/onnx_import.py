@@ -20,10 +20,10 @@ from onnx import numpy_helper
 
 from qpass.errors import FrontendError, QpassError
 from qpass.frontend import onnx_fallback
-from qpass.frontend import onnx_math_ops, onnx_ops, onnx_quant_ops, onnx_shape_ops  # noqa: F401  (register the converters)
+from qpass.frontend import onnx_math_ops, onnx_ops, onnx_quant_ops, onnx_rnn_ops, onnx_shape_ops  # noqa: F401  (converters)
 from qpass.frontend.onnx_node import (CONVERTERS, ONNX_TO_IR, Node, Operand, Unsupported, element_type_name,
                                       ir_array, node_label, sanitize_name)
-from qpass.ir import Graph, QuantParams, TensorType, Value
+from qpass.ir import Graph, QuantParams, TensorType, Value, numpy_dtype
 
 # Opset 9 up to the newest the installed onnx package defines. Between 21 and 28 the ops qpass
 # converts changed only in the element types they admit (bfloat16, float8, int4, ...: refused where
@@ -36,15 +36,18 @@ _VALID_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
 def import_onnx(model: Union[str, os.PathLike, onnx.ModelProto],
                 input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                name: Optional[str] = None) -> Graph:
+                name: Optional[str] = None, constants: Optional[Mapping[str, object]] = None) -> Graph:
     """Import an ONNX model (a path or an `onnx.ModelProto`) as a verified IR graph.
 
     `input_shapes` (input name -> full shape) fixes the dimensions the model leaves symbolic;
-    `name` names the graph (default: the file's stem, else the ONNX graph's name).
+    `constants` (input name -> value) fixes inputs that configure the model rather than feed it
+    (a sample rate, a mode flag), so that what they decide folds at import; `name` names the graph
+    (default: the file's stem, else the ONNX graph's name).
     """
     proto, source = _load(model)
     default_name = Path(model).stem if not isinstance(model, onnx.ModelProto) else proto.graph.name
-    return Importer(proto, source, dict(input_shapes or {}), name or default_name or "main").run()
+    return Importer(proto, source, dict(input_shapes or {}), name or default_name or "main",
+                    dict(constants or {})).run()
 
 
 def _load(model) -> tuple[onnx.ModelProto, str]:
@@ -152,8 +155,10 @@ def _example_shape(dims: Optional[list]) -> list[int]:
 class Importer:
     """Converts one ONNX graph; holds the constant environment and the IR graph being built."""
 
-    def __init__(self, proto: onnx.ModelProto, source: str, input_shapes: dict, name: str):
+    def __init__(self, proto: onnx.ModelProto, source: str, input_shapes: dict, name: str,
+                 constants: Optional[dict] = None):
         self.model = proto
+        self.constants = constants or {}
         self.source = source
         self.opset = _opset(proto, source)
         self.graph = Graph(sanitize_name(name))
@@ -195,6 +200,21 @@ class Importer:
         if not names:
             raise FrontendError(f"{self.source} has no inputs (every graph input is an initializer); qpass "
                                 "compiles models that take at least one input")
+        unknown = sorted(set(self.constants) - set(names))
+        if unknown:
+            raise FrontendError(
+                f"constants names {', '.join(repr(n) for n in unknown)}, but the inputs of {self.source} are "
+                f"{', '.join(repr(n) for n in names) or 'none'}; use those names")
+        for info in [i for i in infos if i.name in self.constants]:
+            dtype, dims = self._input_signature(info)
+            value = np.asarray(self.constants[info.name], dtype=numpy_dtype(dtype))
+            if dims is not None and (len(dims) != value.ndim or any(isinstance(d, int) and d > 0 and d != s
+                                                                    for d, s in zip(dims, value.shape))):
+                raise FrontendError(f"constants['{info.name}'] has shape {list(value.shape)}, but the model "
+                                    f"declares input '{info.name}' with shape {dims}")
+            self.bind_array(info.name, value)
+        infos = [i for i in infos if i.name not in self.constants]
+        names = [info.name for info in infos]
         unknown = sorted(set(self.input_shapes) - set(names))
         if unknown:
             raise FrontendError(
