@@ -19,7 +19,7 @@ from qpass.compiler import compile  # noqa: F401,A001
 __version__ = "0.1.0"
 
 
-def import_onnx(model, input_shapes=None, name=None) -> Graph:
+def import_onnx(model, input_shapes=None, name=None, constants=None) -> Graph:
     """Import an ONNX model (path or ModelProto) into the qpass IR; see qpass.frontend."""
     from qpass.frontend import import_onnx as _import
-    return _import(model, input_shapes=input_shapes, name=name)
+    return _import(model, input_shapes=input_shapes, name=name, constants=constants)

@@ -2,10 +2,11 @@
 broadcasting, and cast.
 
 Semantics follow the ONNX operator of the same name (Relu, Sigmoid, Tanh, Erf, Sqrt, Exp,
-HardSwish, LeakyRelu, HardSigmoid, Gelu, Clip, Add, Sub, Mul, Div, Pow, Cast); attributes are
-normalized by the frontend, so an op's meaning never depends on the opset it came from. Kernels
-compute in the operand's float dtype (float32 for imported models), so results match ONNX
-Runtime to float rounding; integer arithmetic wraps, and integer division truncates, like ONNX.
+HardSwish, LeakyRelu, HardSigmoid, Gelu, Clip, Add, Sub, Mul, Div, Pow, Cast), and silu is
+x * Sigmoid(x), which ONNX has no op for; attributes are normalized by the frontend, so an op's
+meaning never depends on the opset it came from. Kernels compute in the operand's float dtype
+(float32 for imported models), so results match ONNX Runtime to float rounding; integer
+arithmetic wraps, and integer division truncates, like ONNX.
 """
 
 from __future__ import annotations
@@ -97,6 +98,17 @@ def _lower_hard_swish(low, op):
 
 define_op(OpDef("hard_swish", infer=_unary("hard_swish"), traits=TABLE_UNARY, kernel=_hard_swish,
                 lower=_lower_hard_swish, doc="elementwise hard_swish"))
+
+
+def _silu(op, x):
+    """x * sigmoid(x), in the order ONNX's Mul(x, Sigmoid(x)) computes it."""
+    return x * special.expit(x)
+
+
+define_op(OpDef("silu", infer=_unary("silu"), traits=TABLE_UNARY, kernel=_silu,
+                lower=lambda low, op: low.relax.op.multiply(low.get(op.inputs[0]),
+                                                            low.relax.op.sigmoid(low.get(op.inputs[0]))),
+                doc="x * sigmoid(x) (swish); recognize-activations finds it in x * Sigmoid(x)"))
 
 
 def _leaky_relu(op, x):
