@@ -628,3 +628,36 @@ def test_gather_with_run_time_indices_is_an_embedding_lookup():
     assert [op.kind for op in g.ops] == ["gather"]
     indices = np.array([[0, 9, -1], [3, -10, 5]], np.int64)
     np.testing.assert_array_equal(interpret(g, {"i": indices})["y"], np.take(table, indices, axis=0))
+
+
+def _if_model():
+    """y = If(sr == 16000, x * 2, -x): a sample-rate input decides the branch."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    then = helper.make_graph([node("Mul", ["x", "two"], "y_then")], "then", [],
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)], [two])
+    other = helper.make_graph([node("Neg", ["x"], "y_else")], "else", [],
+                              [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    nodes = [node("Equal", ["sr", "rate"], "cond"), node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    return make_model(nodes, {"x": [2, 3], "sr": ([], TensorProto.INT64)}, ["y"],
+                      initializers={"rate": np.array(16000, np.int64)})
+
+
+def test_run_time_if_selects_between_both_branches():
+    model = _if_model()
+    graph = import_onnx(model)
+    assert {"where", "mul", "neg"} <= {op.kind for op in graph.ops}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    for sr in (16000, 8000):
+        feeds = {"x": x, "sr": np.array(sr, np.int64)}
+        np.testing.assert_array_equal(interpret(graph, feeds)["y"], session.run(None, feeds)[0])
+
+
+def test_constants_fix_configuration_inputs():
+    model = _if_model()
+    graph = import_onnx(model, constants={"sr": 8000})
+    assert [v.name for v in graph.inputs] == ["x"] and [op.kind for op in graph.ops] == ["neg"]
+    with pytest.raises(FrontendError, match="constants names 'rate_hz', but the inputs of .* are 'x', 'sr'"):
+        import_onnx(model, constants={"rate_hz": 8000})
+    with pytest.raises(FrontendError, match=r"constants\['sr'\] has shape \[2\]"):
+        import_onnx(model, constants={"sr": [1, 2]})
