@@ -43,7 +43,10 @@ class Quantize(Pass):
     name = "quantize"
     weights: Literal["per-channel", "per-tensor", "per-group"] = option("per-channel", "weight granularity")
     group_size: int = option(32, "for weights=per-group: input channels per group")
-    weight_bits: int = option(8, "weight bits (4 or 8)")
+    weight_bits: int = option(8, "weight bits (4 to 8)")
+    exact_range: bool = option(
+        False, "weights that would take 8 bits take 7 (within [-64, 63], stored as int8; keep-int8 layers too): "
+               "AVX2's vpmaddubsw is exact on them at full rate (the avx2-u8s7 micro-kernel)")
     activations: Literal["asymmetric", "symmetric"] = option("asymmetric", "activation scheme")
     activation_dtype: Literal["i8", "u8"] = option("i8", "activation storage type")
     weight_clip: Literal["auto", "max", "mse"] = option(
@@ -68,6 +71,8 @@ class Quantize(Pass):
             if not weight.is_constant or not is_float(weight.type.dtype):
                 continue
             bits = 8 if op.name in kept_int8 else self.weight_bits
+            if self.exact_range:
+                bits = min(bits, 7)
             weight_dtype = "i4" if bits <= 4 else "i8"
             granularity = self.weights if (self.weights != "per-group" or op.kind == "dense") else "per-channel"
             clip = self.weight_clip if self.weight_clip != "auto" else ("mse" if bits < 8 else "max")

@@ -10,6 +10,9 @@ with seeded random weights, exported to ONNX opset 17), batch 1, 2 threads, in o
                   pipeline with no schedules
     qpass-int8    qpass.compile(bits=8) for each --mcpu (x86-64-v3, qpass's default: AVX2;
                   cascadelake: AVX-512 VNNI; engines after the first are named qpass-int8@MCPU)
+    qpass-exact   qpass.compile with the int8 pipeline's exact range (quantization_pipeline(8,
+                  exact_range=True): 7-bit weights), which AVX2 runs with its full-rate exact
+                  kernel (avx2-u8s7); named like qpass-int8 per --mcpu
     qpass-mixed   qpass.compile(bits="mixed"), int4/int8 weights
 
 How: ORT and qpass calibrate on the same seeded random crops of ../shared/data/photos; the timing
@@ -57,7 +60,7 @@ SHARED = REPO.parent / "shared"
 PHOTOS = SHARED / "data" / "photos"
 TIMING_PHOTO = "chelsea.png"
 MODELS = ("mobilenet_v2", "resnet18")
-ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "qpass-int8", "qpass-mixed")
+ENGINES = ("ort-fp32", "ort-int8", "tvm-fp32", "qpass-int8", "qpass-exact", "qpass-mixed")
 TVM_FP32_TARGET = {"kind": "llvm", "mcpu": "x86-64-v3"}
 SETTLE_SECONDS = 0.2
 REWARM_RUNS = 2
@@ -221,14 +224,16 @@ def tvm_fp32(path: Path, calib, x) -> Engine:
     return Engine("tvm-fp32", lambda: main(arg), lambda: main(arg).numpy(), seconds, {})
 
 
-def qpass_engine(path: Path, calib, x, bits, mcpu: str, name: str) -> Engine:
+def qpass_engine(path: Path, calib, x, bits, mcpu: str, name: str, exact_range: bool = False) -> Engine:
     """qpass.compile for x86_64-linux-gnu --mcpu `mcpu`, run through the artifact's VM function."""
     import qpass
     import tvm
+    from qpass.api import quantization_pipeline
     start = time.perf_counter()
     name_of_input = input_name(path)
+    pipeline = quantization_pipeline(bits, exact_range=True) if exact_range else None
     compiled = qpass.compile(path, "x86_64-linux-gnu", calibration=[{name_of_input: c} for c in calib], bits=bits,
-                             mcpu=mcpu)
+                             mcpu=mcpu, pipeline=pipeline)
     seconds = time.perf_counter() - start
     main, device = compiled.artifact().vm_function()
     arg = tvm.runtime.tensor(x, device)
@@ -251,10 +256,11 @@ def engine_builders(names, mcpus, path: Path, calib, x, workdir: Path):
         elif name == "tvm-fp32":
             yield name, functools.partial(tvm_fp32, path, calib, x)
         else:
-            bits = 8 if name == "qpass-int8" else "mixed"
+            bits = "mixed" if name == "qpass-mixed" else 8
             for k, mcpu in enumerate(mcpus):
                 label = name if k == 0 else f"{name}@{mcpu}"
-                yield label, functools.partial(qpass_engine, path, calib, x, bits, mcpu, label)
+                yield label, functools.partial(qpass_engine, path, calib, x, bits, mcpu, label,
+                                               exact_range=name == "qpass-exact")
 
 
 def build_engines(path: Path, names, mcpus, calib, x, workdir: Path) -> list[Engine]:

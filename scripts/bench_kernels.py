@@ -19,6 +19,8 @@ instruction sequence with 10-12 independent accumulators, no loads, best of many
     avx2-sign  qpass's exact s8 x s8 sequence, vpabsb + vpsignb + the above: four p0/p1 uops per
                32 MACs, 32 OP/cycle, half the avx2 peak. In the kernels one vpabsb serves the 4
                channel blocks of a tile (3.25 uops per 32 MACs), so they can pass it by ~20%.
+               qpass's avx2-u8s7 kernel (u8 x 7-bit weights, --exact-range) runs the avx2 sequence
+               itself, exactly, and is compared with that peak, as the sign-trick kernel is.
     avx2-s16   vpmaddwd + vpaddd (ymm) on operands widened to int16, for reference: 16 exact MACs
                per vpmaddwd; with its vpaddd, two uops on the three vector ALU ports: 48 OP/cycle.
     vnni512    vpdpbusd zmm: 64 MACs per instruction, two per cycle on parts with two 512-bit FMA
@@ -42,7 +44,7 @@ is the default: TVM pins its worker threads to cores, so with 2 threads one busy
 parallel loop down to its pace, while a single unpinned thread runs on whichever core is free.
 
     python scripts/bench_kernels.py [--models mobilenet_v2 resnet18] [--mcpu x86-64-v3 cascadelake]
-        [--threads 2] [--repeat 30] [--wait-quiet 600] [--json kernels.json]
+        [--threads 2] [--repeat 30] [--wait-quiet 600] [--exact-range] [--json kernels.json]
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ static double now(void) {
 #define MADD16(acc) "vpmaddwd %%ymm13, %%ymm12, %%ymm15\n vpaddd %%ymm15, " acc ", " acc "\n"
 #define DOTZ(acc) "vpdpbusd %%zmm13, %%zmm12, " acc "\n"
 #define DOTY(acc) "vpdpbusd %%ymm13, %%ymm12, " acc "\n"
-#define DOTV(acc) "{vex} vpdpbusd %%ymm13, %%ymm12, " acc "\n"
+#define DOTV(acc) "%{vex%} vpdpbusd %%ymm13, %%ymm12, " acc "\n"   /* %{ %}: literal braces in extended asm */
 #define Y10(G) G("%%ymm0") G("%%ymm1") G("%%ymm2") G("%%ymm3") G("%%ymm4") G("%%ymm5") G("%%ymm6") \
                G("%%ymm7") G("%%ymm8") G("%%ymm9")
 #define X12(G, r) G("%%" r "0") G("%%" r "1") G("%%" r "2") G("%%" r "3") G("%%" r "4") G("%%" r "5") \
@@ -147,7 +149,8 @@ PEAK_LOOPS = {            # name: (what it runs, CPU flag it needs, OP per cycle
     "vnni256": ("vpdpbusd ymm (EVEX)", "avx512_vnni", 128),
     "avxvnni": ("{vex} vpdpbusd ymm (AVX-VNNI)", "avx_vnni", 128),
 }
-PEAK_OF_MICRO_KERNEL = {"avx2": "avx2", "vnni": "vnni512", "avxvnni": "avxvnni"}
+# The sign-trick kernel is compared with the full-rate avx2 sequence too: the rate it gives up.
+PEAK_OF_MICRO_KERNEL = {"avx2": "avx2", "avx2-u8s7": "avx2", "vnni": "vnni512", "avxvnni": "avxvnni"}
 AMX_OP_PER_CYCLE = 2048   # tdpbusd: 16x16x64 MACs per 16 cycles
 
 
@@ -237,6 +240,7 @@ def lowered_model(graph, spec):
     """qpass's own legalize, lower and schedule steps (targets.build), without the TVM build."""
     from qpass.targets import build
     from qpass.targets.lower import lower
+    spec = spec.fitted(graph)          # as build does: the micro-kernel for this graph's weights
     lowered = lower(build.legalize(graph, spec), spec)
     module, _ = build.schedule(lowered, spec)
     return lowered, module
@@ -332,13 +336,14 @@ def quantized_model(model: str, args, workdir: Path):
     calib, x = bench.photo_inputs(args.calib, args.seed)
     path = bench.model_path(model, workdir)
     name = bench.input_name(path)
-    return qpass.quantize(qpass.import_onnx(path), [{name: c} for c in calib], bits=8, quiet=True), x
+    return qpass.quantize(qpass.import_onnx(path), [{name: c} for c in calib], bits=8, quiet=True,
+                          exact_range=args.exact_range), x
 
 
 def bench_kernels(model: str, graph, x, mcpu: str, args, peaks: dict) -> dict:
     """Time every distinct conv/dense shape and every other qpass kernel of `graph` for `mcpu`."""
     from qpass.targets.registry import resolve_target
-    spec = resolve_target("x86_64-linux-gnu", mcpu=mcpu)
+    spec = resolve_target("x86_64-linux-gnu", mcpu=mcpu).fitted(graph)
     lowered, module = lowered_model(graph, spec)
     rng = np.random.default_rng(args.seed)
     if args.wait_quiet:
@@ -415,6 +420,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="before timing each model, wait up to this long for the other processes to go quiet")
+    parser.add_argument("--exact-range", action="store_true",
+                        help="7-bit weights (quantize{exact-range=true}): AVX2 takes its full-rate avx2-u8s7 kernel")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)            # before tvm is first imported

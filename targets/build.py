@@ -107,6 +107,7 @@ def build(graph, spec: TargetSpec, quiet: Optional[bool] = None) -> Built:
     kernel scheduled, then TVM's build (Relax pipeline and code generation)."""
     import tvm
     start = time.perf_counter()
+    spec = spec.fitted(graph)           # the micro-kernel for this graph's weights (and its activation dtype)
     legal = legalize(graph, spec)
     lowered = lower(legal, spec)
     bar = progress(len(lowered.kernels) + 1, "scheduling", quiet)

@@ -1,5 +1,5 @@
-"""qpass's tensor intrinsics: exact AVX2 s8 x s8, AVX-512 VNNI and AVX-VNNI (for LLVM 22's vpdpbusd
-signature), ARM sdot and smmla, CUDA dp4a.
+"""qpass's tensor intrinsics: exact AVX2 s8 x s8 and u8 x s7 (7-bit weights), AVX-512 VNNI and
+AVX-VNNI (for LLVM 22's vpdpbusd signature), ARM sdot and smmla, CUDA dp4a.
 
 Every intrinsic computes C[i] += sum_k A[k] * B[i, k] in int32 (smmla: C[i, j] += A[i, k] * B[j, k])
 and is exact: no intermediate saturation for any operand the kernels hand it. The accumulator C is
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 AVX2_DOT_8x4 = "qpass_avx2_dot_8x4_s8s8s32"
+AVX2_U8S7_DOT_8x4 = "qpass_avx2_dot_8x4_u8s7s32"
 SMMLA_2x2x8 = "qpass_smmla_2x2x8_s8s8s32"
 DP4A_GLOBAL = "qpass_dp4a_s8s8s32_global"
 VNNI_DOT_16x4 = "qpass_vnni_dot_16x4_u8s8s32"
@@ -113,6 +114,36 @@ def register_avx2():
                 "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
 
     TensorIntrin.register(AVX2_DOT_8x4, _dot_desc(8, "int8"), impl)
+
+
+@functools.cache
+def register_avx2_u8s7():
+    """8 int32 lanes x 4 bytes, u8 activations x weights in [-64, 63], exactly, at vpmaddubsw's full rate.
+
+    vpmaddubsw adds two u8 x s8 products with int16 saturation: with weights in [-64, 63] a pair
+    sum lies in [2 * 255 * -64, 2 * 255 * 63] = [-32640, 32130], inside int16, so it never
+    saturates; vpmaddwd with ones widens pairs to int32. No sign trick: three instructions per
+    32 multiply-accumulates instead of five. The kernels pick it only for layers whose centered
+    weights all lie in that range (MicroKernel.accepts).
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (8, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a_x32 = T.reinterpret("uint8x32", T.broadcast(T.reinterpret("int32", A.vload([0], "uint8x4")), 8))
+            pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a_x32,
+                                            B.vload([0, 0], "int8x32"))
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+
+    TensorIntrin.register(AVX2_U8S7_DOT_8x4, _dot_desc(8, "uint8"), impl)
 
 
 @functools.cache

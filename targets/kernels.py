@@ -23,7 +23,7 @@ from qpass.ir.types import dtype_range
 from qpass.targets.microkernels import MICRO_KERNELS, MicroKernel, choose
 
 TVM_DTYPES = {"i8": "int8", "u8": "uint8", "i16": "int16", "i32": "int32", "i64": "int64", "f32": "float32",
-              "f16": "float16", "i4": "int8", "u4": "uint8"}
+              "f16": "float16", "i4": "int8", "u4": "uint8", "bool": "bool"}
 
 
 @dataclasses.dataclass
@@ -97,6 +97,17 @@ def centered_weights(weight) -> np.ndarray:
     quant = weight.type.quant
     _, zp = quant.broadcast(weight.type.shape)
     return np.asarray(weight.data).astype(np.int32) - zp.astype(np.int32)
+
+
+def gemm_weight_range(graph) -> Optional[tuple[int, int]]:
+    """(lo, hi) of the centered weights of the graph's tensorizable layers (qdense, qconv2d with
+    groups=1); None when it has none. The target's micro-kernel is chosen for this range."""
+    ranges = [(int(w.min()), int(w.max())) for w in
+              (centered_weights(op.inputs[1]) for op in graph.ops
+               if (op.kind == "qdense" or (op.kind == "qconv2d" and op.attrs.get("groups", 1) == 1))
+               and op.inputs[1].is_constant and op.inputs[1].type.quant is not None)
+              if w.size]
+    return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
 
 
 @dataclasses.dataclass

@@ -4,7 +4,8 @@ A record says what one call computes (`pixels` output pixels x `lanes` output ch
 `reduction` input channels), which operands it takes and over which values its result is exact,
 how large a register tile its schedule may keep, the TVM tensor intrinsic that implements it, and
 which micro-kernel takes a layer it cannot compute. The registry gives a target the first record
-of its family whose feature it has; `kernels.conv_plan` packs weights into the record's blocks;
+of its family whose feature it has and whose weight range holds the graph's weights (without a
+graph: any 8-bit weights, [-127, 127]); `kernels.conv_plan` packs weights into the record's blocks;
 `schedule` tiles and tensorizes with it. Adding an instruction is one record here plus its
 intrinsic in `targets.intrinsics`.
 """
@@ -19,6 +20,10 @@ import numpy as np
 from qpass.targets import intrinsics
 
 INT8, UINT8 = (-128, 127), (0, 255)
+# What symmetric 8-bit weight quantization produces (narrow range): every target must take these.
+EIGHT_BIT_WEIGHTS = (-127, 127)
+# What 7-bit weights (quantize{weight-bits=7}, --exact-range) lie in: AVX2's u8 x s7 kernel needs them.
+SEVEN_BIT_WEIGHTS = (-64, 63)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,10 @@ class MicroKernel:
             return False
         return self.pixels == 1 or (out_width % self.pixels == 0 and stride_w == 1)
 
+    def holds(self, weight_range: tuple[int, int]) -> bool:
+        """Are weights in `weight_range` (lo, hi) within the values this instruction is exact for?"""
+        return self.weight_range[0] <= weight_range[0] and weight_range[1] <= self.weight_range[1]
+
     def tensor_intrinsic(self) -> str:
         """The tensor intrinsic's name, registered with TVM on first use."""
         self.registers()
@@ -76,6 +85,17 @@ MICRO_KERNELS = {kernel.name: kernel for kernel in (
     MicroKernel("avxvnni", "x86", "avxvnni", lanes=8, reduction=4, pixels=1, activation_dtype="uint8",
                 weight_dtype="int8", activation_range=UINT8, weight_range=INT8, register_budget=(32, 4),
                 intrinsic=intrinsics.AVXVNNI_DOT_8x4, registers=intrinsics.register_avxvnni, fallback="avx2"),
+    # AVX2 at vpmaddubsw's full rate: u8 activations x weights in [-64, 63], so that no pair sum
+    # saturates int16 (2 * 255 * 64 = 32640). Taken only for a graph whose GEMM weights all fit
+    # (7-bit weights: --exact-range, or int4); its i8 layers (activations legalize-activations
+    # could not retype) take the sign trick. Without the sign trick's ALU work, spilled accumulators
+    # cost more: on Zen 5 (MobileNetV2's GEMM kernels' sum, scripts/bench_kernels.py --exact-range,
+    # a shared machine) 24 x 4 4.8 ms, 32 x 4 4.9, 16 x 4 5.1, 12 x 4 5.4, 8 x 4 6.8; the large-K
+    # layers ran best at 16-24 accumulators (85% of the vpmaddubsw peak), the K <= 32 ones at 32.
+    MicroKernel("avx2-u8s7", "x86", "avx2", lanes=8, reduction=4, pixels=1, activation_dtype="uint8",
+                weight_dtype="int8", activation_range=UINT8, weight_range=SEVEN_BIT_WEIGHTS,
+                register_budget=(24, 4), intrinsic=intrinsics.AVX2_U8S7_DOT_8x4,
+                registers=intrinsics.register_avx2_u8s7, fallback="avx2"),
     # The sign trick (vpsignb) negates weights: exact only for weights above -128.
     MicroKernel("avx2", "x86", "avx2", lanes=8, reduction=4, pixels=1, activation_dtype="int8",
                 weight_dtype="int8", activation_range=INT8, weight_range=(-127, 127), register_budget=(32, 4),
@@ -92,9 +112,19 @@ MICRO_KERNELS = {kernel.name: kernel for kernel in (
 )}
 
 
-def for_target(family: str, features) -> Optional[MicroKernel]:
-    """The micro-kernel a target of `family` with `features` tensorizes with; None: plain loops."""
-    return next((k for k in MICRO_KERNELS.values() if k.family == family and k.feature in features), None)
+def for_target(family: str, features, weight_range: Optional[tuple[int, int]] = None) -> Optional[MicroKernel]:
+    """The micro-kernel a target of `family` with `features` tensorizes with; None: plain loops.
+
+    `weight_range`: the (lo, hi) of the graph's centered conv/dense weights; the first record whose
+    weight range holds it wins, so a kernel needing narrower weights (avx2-u8s7) is taken only
+    for graphs whose weights fit it. Without one (or when none holds it): the first record that
+    takes any 8-bit weights, the kernel for an arbitrary graph.
+    """
+    available = [k for k in MICRO_KERNELS.values() if k.family == family and k.feature in features]
+    general = next((k for k in available if k.holds(EIGHT_BIT_WEIGHTS)), None)
+    if weight_range is None:
+        return general
+    return next((k for k in available if k.holds(weight_range)), general)
 
 
 def choose(name: Optional[str], activation_dtype: str, weights: np.ndarray, out_width: int,

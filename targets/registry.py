@@ -52,6 +52,7 @@ class TargetSpec:
     arch: Optional[str] = None
     features: frozenset = frozenset()
     native: Optional[str] = None     # for --mcpu native: why mcpu is what it is (the host flag that chose it)
+    weight_range: Optional[tuple[int, int]] = None   # set by `fitted`: the graph's conv/dense weights' (lo, hi)
 
     @property
     def family_target(self) -> "Family":
@@ -61,16 +62,23 @@ class TargetSpec:
     @property
     def activation_dtype(self) -> str:
         """The 8-bit activation dtype the target's micro-kernel wants (legalize-activations): u8 for
-        vpdpbusd (u8 x s8); i8 elsewhere (AVX2's exact sign trick, sdot, smmla and dp4a are s8 x s8)."""
-        kernel = microkernels.for_target(self.family, self.features)
+        vpdpbusd (u8 x s8) and AVX2's u8 x s7 kernel; i8 elsewhere (AVX2's exact sign trick for
+        8-bit weights, sdot, smmla and dp4a are s8 x s8)."""
+        kernel = microkernels.for_target(self.family, self.features, self.weight_range)
         return QPASS_DTYPES[kernel.activation_dtype] if kernel is not None else "i8"
 
     @property
     def micro_kernel(self) -> Optional[str]:
         """The dot-product micro-kernel the conv/dense kernels are tensorized with; None for a
         target without one (aarch64 without +dotprod), whose convolutions are plain loops."""
-        kernel = microkernels.for_target(self.family, self.features)
+        kernel = microkernels.for_target(self.family, self.features, self.weight_range)
         return kernel.name if kernel is not None else None
+
+    def fitted(self, graph) -> "TargetSpec":
+        """This target for one integer graph: its micro-kernel may need narrower weights than any
+        8-bit ones (AVX2's u8 x s7 kernel: [-64, 63]) when all the graph's conv/dense weights fit."""
+        from qpass.targets.kernels import gemm_weight_range
+        return dataclasses.replace(self, weight_range=gemm_weight_range(graph))
 
     def describe(self) -> str:
         """The target as command-line options: `aarch64-linux-gnu --mattr +neon,+dotprod`."""

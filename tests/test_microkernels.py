@@ -1,7 +1,8 @@
 """The micro-kernel table (targets.microkernels): its records agree with their TVM intrinsics, every
 target family gets the micro-kernel it had before the table, and conv_plan picks a layer's kernel
 (or plain loops) by the table's eligibility rules. AVX-VNNI (a record added to the table) builds
-VEX vpdpbusd and is bit-exact; --mcpu native takes the best kernel the host's CPU flags allow."""
+VEX vpdpbusd and is bit-exact; --mcpu native takes the best kernel the host's CPU flags allow; 7-bit
+weights give AVX2 its u8 x s7 kernel (tests/test_exact_avx2.py)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,20 @@ def test_records_are_consistent(name):
 ], ids=["avx2", "vnni", "avxvnni", "neon", "sdot", "i8mm", "cuda"])
 def test_each_target_gets_its_micro_kernel(spec, micro, activations):
     assert spec.micro_kernel == micro and spec.activation_dtype == activations
+
+
+@pytest.mark.parametrize("spec, micro, activations", [
+    (AVX2, "avx2-u8s7", "u8"), (VNNI, "vnni", "u8"), (AVXVNNI, "avxvnni", "u8"), (NEON, None, "i8"),
+    (SDOT, "sdot", "i8"), (I8MM, "smmla", "i8"), (CUDA, "dp4a", "i8"),
+], ids=["avx2", "vnni", "avxvnni", "neon", "sdot", "i8mm", "cuda"])
+def test_7_bit_weights_change_only_the_avx2_kernel(spec, micro, activations):
+    """A graph whose weights all lie in [-64, 63] (--exact-range) gives AVX2 its u8 x s7 kernel;
+    every other target keeps its kernel, and weights beyond that range keep AVX2's sign trick."""
+    import dataclasses
+    seven = dataclasses.replace(spec, weight_range=(-64, 63))
+    assert seven.micro_kernel == micro and seven.activation_dtype == activations
+    eight = dataclasses.replace(spec, weight_range=(-127, 127))
+    assert (eight.micro_kernel, eight.activation_dtype) == (spec.micro_kernel, spec.activation_dtype)
 
 
 def _plan(graph, spec, legal=True, dense=False):

@@ -15,7 +15,8 @@ from typing import Optional
 
 from qpass.backends import backend
 from qpass.errors import QpassError
-from qpass.tools.commands import (COMMANDS, add_evaluation_options, add_quantization_options, command,
+from qpass.tools.commands import (COMMANDS, add_evaluation_options, add_exact_range_option, add_quantization_options,
+                                  command, exact_range_pipeline,
                                   evaluation_source, load_model, load_plugin, parse_shape_arg)
 
 # Modules whose import registers more subcommands with @command (kept out of this file so that
@@ -116,6 +117,7 @@ def _opt(parser):
 def _quantize(parser):
     parser.add_argument("model", help="an .onnx model or a .qir file")
     add_quantization_options(parser, calib_required=False)      # required unless --print-pipeline
+    add_exact_range_option(parser)
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pipeline instead of the default one")
     parser.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix a dynamic input shape")
@@ -151,9 +153,10 @@ def _quantize(parser):
         if args.dump_ir:
             check_dump_dir(args.dump_ir)
         graph = load_model(args.model, args.input_shape)
+        pipeline = exact_range_pipeline(args, graph) or args.pipeline
         samples = load_calibration(args.calib, graph)
         ctx = PassContext([DumpIR(args.dump_ir)] if args.dump_ir else [], verify_each=True)
-        quantized = quantize(graph, samples, bits, args.method, budget=args.budget, pipeline=args.pipeline, ctx=ctx,
+        quantized = quantize(graph, samples, bits, args.method, budget=args.budget, pipeline=pipeline, ctx=ctx,
                              quiet=args.quiet)
         report = quantization_report(run_passes(graph.copy(), CANONICALIZE), quantized, samples[:16],
                                      ctx.analyses.float_ops, ctx.analyses.bitwidth)
@@ -187,6 +190,7 @@ def _compile(parser):
     parser.add_argument("--arch", help="CUDA architecture, e.g. sm_80")
     add_quantization_options(parser, calib_required=False)    # float models need --calib; its first sample
     # also checks and times the artifact
+    add_exact_range_option(parser)
     add_evaluation_options(parser)
     parser.add_argument("--budget", type=float, default=0.6, help="--bits mixed: weight bytes kept vs int8")
     parser.add_argument("--pipeline", "-p", help="run this pass pipeline instead of the default one")
@@ -219,8 +223,15 @@ def _compile(parser):
             check_dump_dir(args.dump_ir)
         shapes = dict(parse_shape_arg(s) for s in args.input_shape or []) or None
         bits = int(args.bits) if args.bits.isdigit() else args.bits
+        pipeline = args.pipeline
+        if args.exact_range:
+            pipeline = exact_range_pipeline(args, load_model(args.model, args.input_shape))
+            if not args.calib:
+                raise QpassError(f"{args.model} is a float model: --exact-range quantizes it, so give "
+                                 "calibration data with --calib PATH (an .npz of input name -> samples, or a folder "
+                                 "of .npy/.npz samples)")
         compiled = compile(args.model, args.target, args.calib, mcpu=args.mcpu, mattr=args.mattr, arch=args.arch,
-                           bits=bits, method=args.method, budget=args.budget, pipeline=args.pipeline,
+                           bits=bits, method=args.method, budget=args.budget, pipeline=pipeline,
                            input_shapes=shapes, dump_ir=args.dump_ir, print_ir_after_all=args.print_ir_after_all,
                            quiet=args.quiet or args.json, evaluation=evaluation_source(args),
                            eval_limit=args.eval_limit)
@@ -245,7 +256,8 @@ def _print_pipeline(args, command_name: str) -> int:
     graph = load_model(args.model, args.input_shape)
     kind = model_kind(graph)
     bits = int(args.bits) if args.bits.isdigit() else args.bits
-    pipeline = args.pipeline or default_pipeline(kind, bits, args.method, args.budget)
+    pipeline = (exact_range_pipeline(args, graph) or args.pipeline
+                or default_pipeline(kind, bits, args.method, args.budget))
     if pipeline:
         print(pipeline)
     else:

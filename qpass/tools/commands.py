@@ -105,6 +105,33 @@ def add_quantization_options(parser: argparse.ArgumentParser, calib_required: bo
                         choices=["minmax", "moving-average", "percentile", "mse", "entropy"], help="range observer")
 
 
+def add_exact_range_option(parser: argparse.ArgumentParser) -> None:
+    """--exact-range: 7-bit weights, for AVX2's exact full-rate kernel (quantize and compile)."""
+    parser.add_argument("--exact-range", action="store_true",
+                        help="quantize 8-bit weights to 7 bits (within [-64, 63]): on AVX2 targets the int8 "
+                             "kernels then run vpmaddubsw at its full rate, still bit-exact (default: full 8-bit "
+                             "weights, which AVX2 computes exactly at about half that rate)")
+
+
+def exact_range_pipeline(args: argparse.Namespace, graph) -> Optional[str]:
+    """The pipeline to run for --exact-range (None without it): the default one with 7-bit weights.
+
+    Refused with --pipeline (write quantize{exact-range=true} into it) and for a model that is not
+    float (a QDQ model's or integer IR's weights are fixed already)."""
+    from qpass.api import default_pipeline, model_kind
+    if not getattr(args, "exact_range", False):
+        return None
+    if args.pipeline:
+        raise QpassError("--exact-range sets the weight bits of the default pipeline; with --pipeline, write "
+                         "quantize{exact-range=true} into the pipeline instead")
+    kind = model_kind(graph)
+    if kind != "float":
+        raise QpassError(f"--exact-range re-quantizes float weights, but {args.model} is a {kind} model (its "
+                         "weights are quantized already); drop --exact-range")
+    bits = int(args.bits) if args.bits.isdigit() else args.bits
+    return default_pipeline(kind, bits, args.method, args.budget, exact_range=True)
+
+
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     """--eval and --eval-limit: top-1 accuracy on held-out labelled data (see qpass.quant.evaluation)."""
     parser.add_argument("--eval", metavar="PATH",
