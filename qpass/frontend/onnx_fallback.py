@@ -91,7 +91,7 @@ def inline_if(importer: "Importer", node: Node) -> list[Optional[Operand]]:
                     f"its condition '{node.proto.input[0]}' is computed at run time, so qpass computes both "
                     f"branches and selects, but its {name.split('_')[0]} branch does not convert at these input "
                     f"shapes ({e}). If a graph input decides the condition (a sample rate, a mode flag), fix it "
-                    "at import: import_onnx(..., constants={name: value}) / --constant NAME=VALUE") from None
+                    "at import: qpass.import_onnx(..., constants={name: value})") from None
             
         results = []
         for i, (a, b) in enumerate(zip(*taken)):
