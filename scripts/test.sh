@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools: qemu-aarch64 and the aarch64 cross compiler (aarch64 artifacts are built and run
-# under emulation), chromium (the report and IR viewer pages are rendered headless).
+# under emulation), chromium (the report and IR viewer pages are rendered headless), Debian's
+# Fashion-MNIST (the shipped model's full 10,000-image test split).
 missing=()
 command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
 command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
 command -v chromium >/dev/null || missing+=(chromium)
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)   # real labelled test images
 if [ ${#missing[@]} -gt 0 ]; then
     SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
     $SUDO apt-get update -qq

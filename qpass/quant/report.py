@@ -140,13 +140,13 @@ def _hint(graph: Optional[Graph], kind: str, template: str, example: Optional[Op
                 "precision); equalize-cross-layer (cle=True) may bring the ranges closer")
     if graph is not None and example is not None:
         constant = _constant_operand(graph, example)
-        users = graph.users(example.output)
+        users = [u for v in example.outputs for u in graph.users(v)]
         if kind in ("add", "sub") and constant is not None and constant.data.size == 1 and \
                 any(u.kind == "clip" for u in users):
             return ("a pattern: this is the `x + 3` of a hard-swish / hard-sigmoid written out as "
                     "x * clip(x + 3, 0, 6) / 6 (as Paddle exports it); fusing the chain into hard_swish or "
                     "hard_sigmoid, which fold to one integer lut, would fold the add, the clip and the div "
-                    "(no qpass pass fuses it yet)")
+                    "(recognize-activations fuses the exact form; this one differs from it)")
         if kind in ("add", "sub") and constant is not None and _after_layer(graph, example):
             return ("a pattern: a bias added after its conv/dense (conv(x, w) + b, as Paddle exports it); "
                     "folding the add into the layer's bias operand, as fold-batchnorm does for a batch "
