@@ -149,6 +149,25 @@ def build_conv_dense(graph, q, m):
                         before=q).output
 
 
+def match_matmul(graph, q):
+    """matmul of two per-tensor dequantized 8-bit activations (attention's Q @ K^T, P @ V)."""
+    op = sandwiched(graph, q)
+    if op.kind != "matmul":
+        raise NoMatch("not a matmul")
+    a, b = int_source(graph, op.inputs[0]), int_source(graph, op.inputs[1])
+    if a.type.rank < 2 or b.type.rank < 2:
+        raise NoMatch("qmatmul needs operands of rank >= 2")
+    (sa, _), (sb, _), (sy, _) = per_tensor(a), per_tensor(b), per_tensor(q.output)
+    return Match(op=op, a=a, b=b, rescale=multiplier_attrs(sa * sb / sy))
+
+
+def build_matmul(graph, q, m):
+    """qmatmul (i32 accumulator), then a requantize to q's parameters (fuse-requant joins them)."""
+    acc = graph.add_op("qmatmul", [m.a, m.b], names=[m.op.name + ".acc"], before=q)
+    return graph.add_op("requantize", [acc.output], {**m.rescale, "out_dtype": q.output.type.dtype},
+                        types=[q.output.type], names=[m.op.name + ".rq"], before=q).output
+
+
 def match_add_mul(graph, q):
     """add/mul (+ ReLU/Clip) of two per-tensor dequantized values."""
     op, act = split_activation(graph, sandwiched(graph, q))
@@ -288,6 +307,7 @@ def explain(kind: str, why: list[str]) -> str:
 
 WEIGHTS = (Rule("constant-quantize", match_constant_quantize, fold_constant_quantize),)
 SANDWICHES = (folding("conv-dense", match_conv_dense, build_conv_dense),
+              folding("matmul", match_matmul, build_matmul),
               folding("add-mul", match_add_mul, build_add_mul),
               folding("reduce-mean", match_reduce_mean, build_reduce_mean),
               folding("move", match_move, build_move),
@@ -298,7 +318,7 @@ PAIRS = (Rule("requantize-pair", match_requantize_pair, fold_requantize_pair),)
 
 @register_pass
 class FoldFakeQuant(Pass):
-    """Turn dequantize -> op -> quantize into integer ops (qconv2d + requantize, qadd, lut, ...), fold
+    """Turn dequantize -> op -> quantize into integer ops (qconv2d + requantize, qmatmul, qadd, lut, ...), fold
     quantized weights into integer constants, and turn quantize(dequantize(x)) into x or a requantize."""
 
     name = "fold-fake-quant"

@@ -22,7 +22,8 @@ from qpass.errors import IRError
 
 ENTRY_POINT_GROUP = "qpass.ops"
 BUILTIN_MODULES = ("qpass.ops.elementwise", "qpass.ops.nn", "qpass.ops.movement", "qpass.ops.quantization",
-                   "qpass.ops.integer", "qpass.ops.math", "qpass.ops.logic", "qpass.ops.fallback")
+                   "qpass.ops.integer", "qpass.ops.math", "qpass.ops.logic", "qpass.ops.fallback",
+                   "qpass.ops.transformer")
 
 
 class Trait(str, enum.Enum):

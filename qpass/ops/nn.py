@@ -162,7 +162,8 @@ define_op(OpDef("dense", infer=dense_types, inputs=(2, 3), traits={T.WEIGHTED, T
                 kernel=_dense, lower=_lower_dense, doc="x @ weight.T + bias; weight [out, in]"))
 
 
-def _matmul_types(types, attrs):
+def matmul_types(types, attrs) -> list[TensorType]:
+    """Result type of numpy matmul semantics; qmatmul shares it."""
     a, b = types
     if a.rank == 0 or b.rank == 0:
         fail("matmul operands must have rank >= 1")
@@ -184,7 +185,7 @@ def _matmul(op, a, b):
     return np.matmul(a.astype(acc, copy=False), b.astype(acc, copy=False))
 
 
-define_op(OpDef("matmul", infer=_matmul_types, inputs=2, kernel=_matmul,
+define_op(OpDef("matmul", infer=matmul_types, inputs=2, traits={T.INTEGER_FORM}, kernel=_matmul,
                 lower=lambda low, op: low.relax.op.matmul(low.get(op.inputs[0]), low.get(op.inputs[1])),
                 doc="numpy matmul semantics"))
 
