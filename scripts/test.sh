@@ -19,6 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+# torch exports the transformer and ResNet test models; 2.13.0 is the CPU build this machine holds
+# (an unpinned torch would fetch a CUDA build of several GB).
+"$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 exec "$PYTHON" -m pytest -q "$@"

@@ -22,8 +22,9 @@ CONV = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], groups=1)
 
 
 def paddle_like_net() -> Graph:
-    """What Paddle exports: conv without bias + a separate bias add (x2), a hard-swish written out as
-    x * clip(x + 3, 0, 6) / 6 (x2), and a float softmax at the end."""
+    """What Paddle exports: conv without bias + a separate bias add (x2), a hard-swish-like
+    x * clip(x + 3, 0, 6) / 7 (x2: the divisor keeps recognize-activations from fusing it, so the
+    chain stays float), and a float softmax at the end."""
     rng = np.random.default_rng(3)
     g = Graph("paddle_like")
     v = g.add_input("x", TensorType((1, 3, 6, 6), "f32"))
@@ -35,7 +36,7 @@ def paddle_like_net() -> Graph:
         plus3 = g.add_op("add", [biased, g.add_constant(np.float32(3.0), f"three{i}")], names=[f"plus3_{i}"]).output
         clip = g.add_op("clip", [plus3], {"min": 0.0, "max": 6.0}, names=[f"clip{i}"]).output
         mul = g.add_op("mul", [biased, clip], names=[f"mul{i}"]).output
-        v = g.add_op("div", [mul, g.add_constant(np.float32(6.0), f"six{i}")], names=[f"hardswish{i}"]).output
+        v = g.add_op("div", [mul, g.add_constant(np.float32(7.0), f"seven{i}")], names=[f"hardswish{i}"]).output
     v = g.add_op("reduce_mean", [v], {"axes": [2, 3], "keepdims": False}, names=["pool"]).output
     g.set_outputs([g.add_op("softmax", [v], {"axis": 1}, names=["probs"]).output])
     return g.verify()

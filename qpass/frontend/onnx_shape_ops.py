@@ -263,3 +263,18 @@ def resize(node: Node):
         raise node.fail("it gives neither scales nor sizes")
     attrs["sizes"] = out
     return node.emit("resize", [node.input(0)], attrs)
+
+
+@converter("GatherElements")
+def gather_elements(node: Node):
+    """Constant operands fold with np.take_along_axis (onnx.reference's kernel is limited to 64
+    entries along the axis: np.choose); a run-time operand makes it an onnx_node."""
+    data, indices = node.input(0), node.input(1)
+    if not (isinstance(data, np.ndarray) and isinstance(indices, np.ndarray)):
+        from qpass.frontend.onnx_fallback import onnx_node
+        return onnx_node(node)[0]
+    axis = node.axis(node.attr("axis", 0), data.ndim)
+    indices = indices.astype(np.int64)
+    if indices.size and (indices.min() < -data.shape[axis] or indices.max() >= data.shape[axis]):
+        raise node.fail(f"indices are out of range for axis {axis} of size {data.shape[axis]}")
+    return np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis)

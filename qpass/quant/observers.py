@@ -23,10 +23,15 @@ class Observer:
     def __init__(self):
         self.lo, self.hi = np.inf, -np.inf
         self.count = 0
+        self.non_finite = False
 
     def observe(self, array: np.ndarray) -> None:
         array = np.asarray(array, np.float32)
-        finite = array[np.isfinite(array)] if not np.all(np.isfinite(array)) else array
+        finite = array
+        if not np.all(np.isfinite(array)):
+            # An inf or NaN (an attention mask's -inf) has no code at any scale: the value stays float.
+            self.non_finite = True
+            finite = array[np.isfinite(array)]
         if finite.size == 0:
             return
         self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
@@ -38,7 +43,8 @@ class Observer:
 
     @property
     def seen(self) -> bool:
-        return self.count > 0
+        """Whether the value has a range to quantize it with (it was observed, always finite)."""
+        return self.count > 0 and not self.non_finite
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[float, float]:
         return self.lo, self.hi
@@ -66,6 +72,12 @@ class MovingAverage(Observer):
         return self.avg if self.avg is not None else (self.lo, self.hi)
 
 
+def _wide_enough(lo: float, hi: float, bins: int) -> float:
+    """An upper edge at least `hi` that gives `bins` bins of representable width over [lo, hi] (a value
+    that barely varies, such as a dynamic quantization scale, has hi - lo below float resolution)."""
+    return max(hi, lo + max(1e-8, 8 * bins * np.finfo(np.float32).eps * max(abs(lo), abs(hi))))
+
+
 class Histogram(Observer):
     """A streaming histogram over [lo, hi], re-binned when the range widens."""
 
@@ -78,9 +90,10 @@ class Histogram(Observer):
     def _update(self, array):
         lo, hi = float(array.min()), float(array.max())
         if self.edges is None:
-            self.edges = (lo, hi if hi > lo else lo + 1e-8)
+            self.edges = (lo, _wide_enough(lo, hi, self.bins))
         elif lo < self.edges[0] or hi > self.edges[1]:
-            self._rebin(min(lo, self.edges[0]), max(hi, self.edges[1]))
+            lo = min(lo, self.edges[0])
+            self._rebin(lo, _wide_enough(lo, max(hi, self.edges[1]), self.bins))
         counts, _ = np.histogram(array, bins=self.bins, range=self.edges)
         self.hist += counts
 
