@@ -10,7 +10,8 @@ from qpass.ir.opdef import Trait, op_def
 from qpass.passmgr.manager import PassContext, run_passes
 from qpass.quant.calibration import Samples, load_calibration
 
-CANONICALIZE = "fold-constants,fold-batchnorm,eliminate-identity,recognize-activations,eliminate-dead-code"
+CANONICALIZE = ("fold-constants,fold-batchnorm,fold-bias-add,eliminate-identity,recognize-activations,"
+                "eliminate-dead-code")
 FOLD_QDQ = f"{CANONICALIZE},fold-fake-quant,fuse-requant,eliminate-dead-code"
 NEEDS_CALIBRATION = ("give calibration data so qpass can choose quantization ranges: calibration=... in Python "
                      "(a path, a dict of input name -> array with a leading sample axis, or a list of samples), "
