@@ -520,9 +520,19 @@ def test_converter_errors_name_the_node():
         import_onnx(gather)
 
 
-def test_unsupported_opset_is_an_error():
-    with pytest.raises(FrontendError, match="opset 8.*version_converter"):
-        import_onnx(make_model([node("Relu", "x")], {"x": [2]}, opset=8))
+def test_old_opsets_are_upgraded_by_onnx_version_converter(monkeypatch):
+    """Opset 8 and older: onnx's version converter brings the model to opset 9 first (Upsample at
+    opset 7 becomes Resize), and what it cannot convert is refused naming the converter."""
+    model = make_model([node("Upsample", "x", scales=[1.0, 1.0, 2.0, 2.0], mode="nearest")], {"x": [1, 1, 2, 2]},
+                       opset=7)
+    x = RNG.standard_normal((1, 1, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(interpret(import_onnx(model), {"x": x})["y"], x.repeat(2, 2).repeat(2, 3))
+    def refuse(model, version):
+        raise RuntimeError("No adapter for Upsample from 7 to 9")
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    with pytest.raises(FrontendError, match="opset 7; .*onnx's version converter cannot bring it to 9 "
+                                            r"\(No adapter for Upsample"):
+        import_onnx(model)
 
 
 # =========================================================================== float16 models and output names

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -95,12 +96,28 @@ def _opset(proto: onnx.ModelProto, source: str) -> int:
     if not versions:
         raise FrontendError(f"{source} declares no opset for the default ONNX domain; re-export it with a "
                             f"standard opset ({SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1})")
+    if versions[0] < SUPPORTED_OPSETS.start:
+        return versions[0]             # Importer upgrades it (see _upgraded)
     if versions[0] not in SUPPORTED_OPSETS:
         raise FrontendError(
             f"{source} uses ONNX opset {versions[0]}; qpass imports opsets {SUPPORTED_OPSETS.start} to "
             f"{SUPPORTED_OPSETS.stop - 1}. Convert it first: "
             "onnx.version_converter.convert_version(onnx.load(path), 17)")
     return versions[0]
+
+
+def _upgraded(proto: onnx.ModelProto, source: str, opset: int) -> onnx.ModelProto:
+    """A model below the oldest opset qpass converts, rewritten to it by onnx's version converter."""
+    if opset >= SUPPORTED_OPSETS.start:
+        return proto
+    try:
+        return onnx.version_converter.convert_version(proto, SUPPORTED_OPSETS.start)
+    except Exception as e:   # the converter raises RuntimeError or its own errors
+        raise FrontendError(
+            f"{source} uses ONNX opset {opset}; qpass imports opsets {SUPPORTED_OPSETS.start} to "
+            f"{SUPPORTED_OPSETS.stop - 1}, and onnx's version converter cannot bring it to "
+            f"{SUPPORTED_OPSETS.start} ({str(e).strip().splitlines()[-1][:200]}). Re-export it at a newer "
+            "opset") from None
 
 
 def converter_for(proto: onnx.NodeProto):
@@ -157,10 +174,10 @@ class Importer:
 
     def __init__(self, proto: onnx.ModelProto, source: str, input_shapes: dict, name: str,
                  constants: Optional[dict] = None):
-        self.model = proto
         self.constants = constants or {}
         self.source = source
-        self.opset = _opset(proto, source)
+        self.model = _upgraded(proto, source, _opset(proto, source))
+        self.opset = _opset(self.model, source)
         self.graph = Graph(sanitize_name(name))
         self.input_shapes = input_shapes
         self._operands: dict[str, Operand] = {}           # ONNX value name -> array or IR value
