@@ -164,6 +164,25 @@ class CpuFamily(Family):
     def schedule_elementwise(self, sch):
         schedule.schedule_cpu_elementwise(sch)
 
+    def relax_steps(self):
+        """After legalization: parallel loops for the kernels TVM legalized from Relax ops."""
+        import tvm
+
+        @tvm.transform.module_pass(opt_level=0, name="qpass.ScheduleLegalized")
+        def schedule_legalized(mod, ctx):
+            for gv, func in list(mod.functions.items()):
+                if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and "tir.is_scheduled" in func.attrs):
+                    continue
+                sch = tvm.s_tir.Schedule(func)
+                try:
+                    if not schedule.schedule_cpu_legalized(sch):
+                        continue
+                except Exception:      # noqa: BLE001 - a shape the generic schedule does not take stays as is
+                    continue
+                mod[gv] = sch.mod["main"].with_attr("tir.is_scheduled", True)
+            return mod
+        return [schedule_legalized]
+
 
 class X86(CpuFamily):
     """x86-64 with AVX2, optionally AVX-VNNI (`--mcpu alderlake`) or AVX-512 VNNI (`--mcpu cascadelake`),

@@ -142,6 +142,34 @@ def schedule_cpu_elementwise(sch):
             _vector_inner(sch, fused, extent)
 
 
+def schedule_cpu_legalized(sch) -> bool:
+    """A kernel TVM legalized from a Relax op (float islands: softmax, layer_norm, float conv...,
+    which TVM's CPU pipeline leaves as single-threaded loops): each root block's leading spatial
+    loops run in parallel, an elementwise block's inner chunk is vectorized. False when no block
+    has the plain shape this expects (the kernel is left as it is)."""
+    if not _has_root(sch):
+        return False
+    done = False
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+        if not loops or len(loops) != len(kinds):
+            continue
+        lead = next((i for i, kind in enumerate(kinds) if kind != 0), len(kinds))
+        if lead == 0:
+            continue
+        fused = sch.fuse(*loops[:lead])
+        extent = _extent(sch, fused)
+        if lead == len(kinds) and extent >= 1024:
+            outer, inner = sch.split(fused, [None, 256])
+            sch.parallel(outer)
+            _vector_inner(sch, inner, 256)
+        elif extent >= 2:
+            sch.parallel(fused)
+        done = True
+    return done
+
+
 def _quantize_to_nhwc(sch) -> bool:
     """A quantize that writes NHWC from NCHW floats with few channels (a network's input): rows in
     parallel, each channel's row read contiguously and vectorized, written with a channel stride."""
