@@ -9,6 +9,8 @@ and a quantize, and ctx.analyses.float_ops says which ops and why.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from qpass import Pass, PassResult, register_pass
@@ -130,16 +132,48 @@ def match_conv_dense(graph, q):
     sx, _ = per_tensor(x)
     sy, _ = per_tensor(q.output)
     sw = np.asarray(w.type.quant.scale, np.float64)
-    bias = None
+    bias, headroom = None, None
     if len(op.inputs) == 3:
-        bias = np.rint(float_bias(graph, op.inputs[2]).astype(np.float64) / (sx * sw))
+        real = float_bias(graph, op.inputs[2]).astype(np.float64)
+        headroom = _bias_headroom(w, sw, real, sx)
+        if headroom is not None:
+            sw = headroom[1]
+        bias = np.rint(real / (sx * sw))
         bias = np.clip(bias, -2**31, 2**31 - 1).astype(np.int32)
-    return Match(op=op, act=act, x=x, w=w, bias=bias, rescale=multiplier_attrs(sx * sw / sy))
+    return Match(op=op, act=act, x=x, w=w, bias=bias, headroom=headroom, rescale=multiplier_attrs(sx * sw / sy))
+
+
+BIAS_LIMIT = 2 ** 30      # |int32 bias| at most: the rest of the accumulator holds sum(x * w) and zero points
+
+
+def _bias_headroom(w, sw, bias: np.ndarray, sx: float):
+    """(weights, scales) for per-channel weights whose bias in units of sx * sw would not fit
+    BIAS_LIMIT (a channel whose weights are all but zero, so its scale is tiny): those channels get
+    the smallest scale that fits and their weights requantize to that coarser grid (they round to
+    about 0 either way), so the bias stays what the float model adds where clipping it would
+    silence the channel. None when every channel fits."""
+    quant = w.type.quant
+    if quant.axis != 0 or sw.ndim != 1:
+        return None
+    needed = np.abs(bias) / (sx * BIAS_LIMIT)
+    if not np.any(sw < needed):
+        return None
+    scale = np.maximum(sw, needed).astype(np.float32).astype(np.float64)
+    shape = (-1,) + (1,) * (w.data.ndim - 1)
+    zero = np.asarray(quant.zero_point, np.float64).reshape(shape)
+    lo, hi = dtype_range(w.type.dtype) if quant.bits is None else (-(1 << (quant.bits - 1)), (1 << (quant.bits - 1)) - 1)
+    real = (w.data.astype(np.float64) - zero) * sw.reshape(shape)
+    data = np.clip(np.rint(real / scale.reshape(shape)) + zero, lo, hi).astype(w.data.dtype)
+    return data, scale
 
 
 def build_conv_dense(graph, q, m):
     """qconv2d/qdense with an i32 bias, then a requantize carrying the activation's clamp."""
     op, inputs = m.op, [m.x, m.w]
+    if m.headroom is not None:
+        data, scale = m.headroom
+        inputs[1] = graph.add_constant(data, m.w.name + ".headroom", dtype=m.w.type.dtype,
+                                       quant=dataclasses.replace(m.w.type.quant, scale=scale.astype(np.float32)))
     if m.bias is not None:
         inputs.append(graph.add_constant(m.bias, op.name + ".bias_i32"))
     acc = graph.add_op("q" + op.kind, inputs, op.attrs, names=[op.name + ".acc"], before=q)

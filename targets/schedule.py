@@ -12,6 +12,8 @@ channels.
 
 from __future__ import annotations
 
+import numpy as np
+
 from qpass.targets.kernels import ConvPlan
 from qpass.targets.microkernels import MICRO_KERNELS, MicroKernel
 
@@ -142,6 +144,9 @@ def schedule_cpu_elementwise(sch):
             _vector_inner(sch, fused, extent)
 
 
+PARALLEL_WORK = 1 << 18          # loop iterations below which a legalized kernel stays on one thread
+
+
 def schedule_cpu_legalized(sch) -> bool:
     """A kernel TVM legalized from a Relax op (float islands: softmax, layer_norm, float conv...,
     which TVM's CPU pipeline leaves as single-threaded loops): each root block's leading spatial
@@ -156,8 +161,9 @@ def schedule_cpu_legalized(sch) -> bool:
         if not loops or len(loops) != len(kinds):
             continue
         lead = next((i for i, kind in enumerate(kinds) if kind != 0), len(kinds))
-        if lead == 0:
-            continue
+        work = int(np.prod([_extent(sch, loop) for loop in loops], dtype=np.int64))
+        if lead == 0 or work < PARALLEL_WORK:
+            continue                   # a parallel region costs more than a small kernel's loop
         fused = sch.fuse(*loops[:lead])
         extent = _extent(sch, fused)
         if lead == len(kinds) and extent >= 1024:
