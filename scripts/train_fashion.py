@@ -45,11 +45,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import random
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_digits import describe_onnx, onnx_accuracy, seed_everything  # noqa: E402  (the same steps as digits)
 
 SEED = 0
 CALIBRATION_SLICE = 1000
@@ -125,16 +129,6 @@ def build_model():
     return FashionCNN()
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-
-
 def train(model, x_tr, y_tr, *, epochs: int = EPOCHS, verbose: bool = True):
     import torch
     from torch import nn
@@ -192,28 +186,6 @@ def export_onnx(model, path: Path) -> None:
         # Constant folding would also fuse Conv+BatchNorm; qpass has its own pass for that.
         do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL, export_params=True,
     )
-
-
-def onnx_accuracy(path: Path, x, y) -> float:
-    """Accuracy of the exported file under onnxruntime, one image at a time."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    correct = sum(int(sess.run(["logits"], {"input": x[i: i + 1]})[0].argmax() == y[i]) for i in range(len(x)))
-    return correct / len(x)
-
-
-def describe_onnx(path: Path) -> dict[str, int]:
-    import onnx
-
-    m = onnx.load(str(path))
-    onnx.checker.check_model(m, full_check=True)
-    counts: dict[str, int] = {}
-    for node in m.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
