@@ -226,16 +226,13 @@ def _ort_int8(path: Path, model: Model, calibration: list[dict], workdir: Path):
 
 
 def _timed(functions: dict[str, Callable], runs: int) -> dict[str, float]:
-    """Median ms of each function, runs interleaved (one of each per round), after two warm-ups."""
-    for fn in functions.values():
-        fn(), fn()
-    times = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(ms)) for name, ms in times.items()}
+    """Median ms of each function, runs interleaved as scripts/bench.py times them (each visit waits
+    for the previous engine's spinning thread pool to stop, re-warms, then times one run)."""
+    import types
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench import time_interleaved
+    engines = [types.SimpleNamespace(name=name, run=fn) for name, fn in functions.items()]
+    return {name: float(np.median(ms)) for name, ms in time_interleaved(engines, runs, warmup=2).items()}
 
 
 def evaluate(model: Model, workdir: Path, runs: int, aarch64: bool, calib_count: int = 8,

@@ -203,3 +203,20 @@ def test_build_progress_is_silent_when_quiet_or_not_a_terminal(monkeypatch):
     with PassContext(quiet=True):                         # quiet=None: the current context's setting
         progress(1, "scheduling").close()
     assert terminal.getvalue() == ""
+
+
+def test_report_reads_multi_result_ops():
+    """A split (two results) among the layers: the per-layer figures skip it, nothing breaks."""
+    g = Graph("split_net")
+    x = g.add_input("x", TensorType((1, 3, 6, 6), "f32"))
+    w = g.add_constant(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    y = g.add_op("conv2d", [x, w], CONV, names=["conv"]).output
+    halves = g.add_op("split", [y], {"axis": 1, "sizes": [2, 2]}, names=["a", "b"]).outputs
+    g.set_outputs([g.add_op("relu", [halves[0]], names=["ra"]).output, halves[1]])
+    g.verify()
+    calibration = samples(g, 4)
+    ctx = PassContext()
+    quantized = qpass.quantize(g, calibration, ctx=ctx, quiet=True)
+    report = quantization_report(run_passes(g.copy(), CANONICALIZE), quantized, calibration, ctx.analyses.float_ops)
+    assert "qconv2d" in [layer["op"] for layer in report["layers"]]
+    assert float_op_groups(ctx.analyses.float_ops, quantized) is not None

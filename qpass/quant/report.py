@@ -61,7 +61,7 @@ def quantization_report(float_graph: Graph, quantized: Graph, samples: list[dict
         outputs_q.append(interpret(quantized, sample, observe=collect(q_values)))
     layers = []
     for op in quantized.ops:
-        if op.output.name not in watched:
+        if len(op.outputs) != 1 or op.output.name not in watched:
             continue
         t = op.output.type
         reference = np.concatenate([a.reshape(-1) for a in ref_values[watched[op.output.name]]])
