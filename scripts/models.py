@@ -265,7 +265,7 @@ def evaluate(model: Model, workdir: Path, runs: int, aarch64: bool, calib_count:
                                  mcpu="native", quiet=True)
         row["compile_x86_s"] = round(time.perf_counter() - start, 1)
         integer = compiled.built.graph
-        row["float_ops_left"] = sum(1 for op in integer.ops if op.outputs and op.output.type.dtype in ("f32", "f16"))
+        row["float_ops_left"] = sum(1 for op in integer.ops if op.outputs and op.outputs[0].type.dtype in ("f32", "f16"))
         stage = "x86 run"
         want = qpass.interpret(integer, evaluation)
         comparison = compare_outputs(compiled.run(evaluation), want)
