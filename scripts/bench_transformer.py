@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (sets TVM_NUM_THREADS before tvm is imported)
 import numpy as np  # noqa: E402
+from transformer_models import export_transformer  # noqa: E402
 
 SIZES = dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
 SEQ, VOCAB = 128, 30522
@@ -41,26 +42,7 @@ SEQ, VOCAB = 128, 30522
 
 def export_bert(path: str, seed: int = 0) -> None:
     """The BERT-shaped encoder with seeded random parameters, exported with fixed shapes."""
-    import torch
-    import transformers
-    torch.manual_seed(seed)
-    model = transformers.BertModel(transformers.BertConfig(**SIZES)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(0.05 * torch.randn_like(p))
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            # Explicit token types: the default buffer exports a GatherElements onnx.reference cannot run.
-            return self.model(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-
-    torch.onnx.export(LastHiddenState(), (torch.zeros((1, SEQ), dtype=torch.int64),), path,
-                      input_names=["input_ids"], output_names=["hidden"], dynamo=False, opset_version=17)
+    export_transformer("bert", path, seq=SEQ, seed=seed, **SIZES)
 
 
 def token_ids(seed: int, count: int) -> list[np.ndarray]:

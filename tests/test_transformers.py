@@ -8,7 +8,9 @@ Model-size tests are marked slow; `test_tiny_bert_*` covers the same path in sec
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ import qpass
 from qpass import PassContext, parse_graph, print_graph, run_passes
 from qpass.compiler import compare_outputs
 from qpass.interpreter import run_op
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 ATTENTION_QDQ = """
 graph @main(%q: f32[1,2,8,16], %k: f32[1,2,16,8]) {
@@ -109,41 +113,19 @@ def test_compiled_qmatmul_is_bit_exact(operand_dtype, target):
 
 # --------------------------------------------------------------------------- models from transformers
 def _export(kind: str, path, **sizes):
-    """Export a seeded random BertModel / GPT2Model (last hidden state) to ONNX with fixed shapes.
-
-    Biases and LayerNorm parameters get seeded noise too (transformers initializes them to 0 and 1),
-    so every operand of the quantized ops carries information. BERT gets explicit token_type_ids
-    (zeros): its default buffer path exports a GatherElements that onnx.reference cannot evaluate
-    (its kernel reshapes wrongly when the gathered axis holds more than 64 entries).
-    """
-    torch = pytest.importorskip("torch", reason="the transformer model tests export with torch: pip install torch")
-    transformers = pytest.importorskip("transformers", reason="the transformer model tests need "
-                                                               "`pip install transformers`")
-    torch.manual_seed(0)
+    """A seeded random BertModel / GPT2Model exported to ONNX (scripts/transformer_models.py)."""
+    pytest.importorskip("torch", reason="the transformer model tests export with torch: pip install torch")
+    pytest.importorskip("transformers", reason="the transformer model tests need `pip install transformers`")
     seq = sizes.pop("seq")
-    if kind == "bert":
-        model = transformers.BertModel(transformers.BertConfig(**sizes))
-    else:
-        model = transformers.GPT2Model(transformers.GPT2Config(**sizes))
-    model.eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name or ".ln_" in name:
-                p.add_(0.05 * torch.randn_like(p))
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids):
-            extra = {"token_type_ids": torch.zeros_like(input_ids)} if kind == "bert" else {}
-            return self.model(input_ids=input_ids, **extra).last_hidden_state
-
-    ids = torch.zeros((1, seq), dtype=torch.int64)
-    torch.onnx.export(LastHiddenState(), (ids,), str(path), input_names=["input_ids"], output_names=["hidden"],
-                      dynamo=False, opset_version=17)
+    _exporter().export_transformer(kind, path, seq=seq, **sizes)
     return path
+
+
+def _exporter():
+    spec = importlib.util.spec_from_file_location("transformer_models", SCRIPTS / "transformer_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _token_ids(seed, samples, seq, vocab):
